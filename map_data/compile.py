@@ -84,7 +84,10 @@ def _edge_polyline(G: nx.MultiDiGraph, u: Any, v: Any, data: dict[str, Any]) -> 
         coords = [(float(x), float(y)) for x, y, *_ in geom.coords]
         if len(coords) >= 2:
             return coords
-    return [(float(G.nodes[u]["x"]), float(G.nodes[u]["y"])), (float(G.nodes[v]["x"]), float(G.nodes[v]["y"]))]
+    return [
+        (float(G.nodes[u]["x"]), float(G.nodes[u]["y"])),
+        (float(G.nodes[v]["x"]), float(G.nodes[v]["y"])),
+    ]
 
 
 def _csr_order(keys: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:

@@ -39,7 +39,7 @@ def graph_from_sketch(
         G.add_node(node, x=X, y=Y, lon=float(lon), lat=float(lat))
     for edge in edges:
         u, v = edge[0], edge[1]
-        attrs: dict[str, object] = dict(edge[2]) if len(edge) > 2 else {}  # type: ignore[misc]
+        attrs: dict[str, object] = dict(edge[2]) if len(edge) > 2 else {}
         pairs = [(u, v), (v, u)] if two_way else [(u, v)]
         for a, b in pairs:
             ax, ay = G.nodes[a]["x"], G.nodes[a]["y"]
