@@ -1,4 +1,4 @@
-"""Errors of map_data. Each names the input at fault; all subclass :class:`MapDataError` (a ``ValueError``)."""
+"""Errors of map_data, each naming the input at fault; all subclass :class:`MapDataError` (ValueError)."""
 
 from __future__ import annotations
 

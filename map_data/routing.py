@@ -6,6 +6,7 @@ driving above the limit or a crew with its own speed factor.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 import numpy as np
@@ -111,7 +112,7 @@ def path_from_predecessors(pred: IntArray, source: int, target: int) -> list[int
 
 def path_edges(graph: CompiledGraph, nodes: Sequence[int]) -> list[int]:
     """Edge indices along a node path (the fastest edge between each consecutive pair)."""
-    return [graph.edge_between(a, b) for a, b in zip(nodes[:-1], nodes[1:], strict=True)]
+    return [graph.edge_between(a, b) for a, b in itertools.pairwise(nodes)]
 
 
 def path_lonlat(graph: CompiledGraph, edges: Sequence[int]) -> list[tuple[float, float]]:
