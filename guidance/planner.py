@@ -1,0 +1,439 @@
+"""Interception planning: place available crews ahead of the suspect on its likely routes.
+
+A crossing is an interception point for a crew when ``crew ETA + safety margin <= suspect
+earliest ETA`` there (earliest over the sampled routes, never below the physical bound). The
+plan gives each eligible crew one point or a hold, maximising the share of sampled escape
+routes that pass a manned point (:mod:`guidance.coverage`); crews thus spread over distinct
+routes, and a point behind the suspect is never a candidate (nobody is sent to chase). Targets
+from the previous plan are kept unless the fresh plan covers clearly more (hysteresis).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import numpy as np
+import scipy.sparse as sp
+import shapely
+import shapely.wkt
+from scipy.sparse.csgraph import dijkstra
+
+from guidance.coverage import CoverageProblem, CoverageSolution, lazy_greedy
+from guidance.prediction import first_arrivals
+from guidance.types import (
+    Crew,
+    CrewStatus,
+    EscapePrediction,
+    GuidanceError,
+    NoGoArea,
+    Plan,
+    PlannerConfig,
+    Suggestion,
+)
+from map_data.network_types import City
+from map_data.routing import path_from_predecessors, path_lonlat
+from map_data.types import CompiledGraph, FloatArray, IntArray
+
+PLANNER_VERSION = "max-coverage/1"
+
+
+@dataclass(frozen=True, eq=False)
+class CrewTimes:
+    """Travel times of crews: ``eta_s[c, v]`` seconds to node v (inf beyond the limit);
+    ``predecessors[c]`` the Dijkstra tree from crew c's edge head."""
+
+    eta_s: FloatArray
+    predecessors: IntArray
+    heads: IntArray
+
+
+def crew_times(graph: CompiledGraph, crews: Sequence[Crew], *, limit_s: float) -> CrewTimes:
+    """One batched Dijkstra for all ``crews`` (each first drives to the end of its edge)."""
+    if not crews:
+        return CrewTimes(
+            np.zeros((0, graph.n_nodes)),
+            np.zeros((0, graph.n_nodes), dtype=np.int64),
+            np.zeros(0, dtype=np.int64),
+        )
+    for c in crews:
+        if not 0 <= c.position.edge < graph.n_edges:
+            raise GuidanceError(
+                f"crew {c.crew_id}: edge {c.position.edge} out of range 0..{graph.n_edges - 1}"
+            )
+    edges = np.array([c.position.edge for c in crews], dtype=np.int64)
+    offsets = np.array([c.position.offset_m for c in crews], dtype=np.float64)
+    factors = np.array([c.speed_factor for c in crews], dtype=np.float64)
+    heads = graph.edge_v[edges]
+    remaining = graph.edge_time_s[edges] * np.clip(
+        1.0 - offsets / np.maximum(graph.edge_length_m[edges], 1e-9), 0.0, 1.0
+    )
+    free_flow_limit = float(limit_s * factors.max())
+    dist, pred = dijkstra(
+        graph.time_csr, directed=True, indices=heads, limit=free_flow_limit, return_predecessors=True
+    )
+    eta = (np.atleast_2d(dist) + remaining[:, None]) / factors[:, None]
+    eta[eta > limit_s] = np.inf
+    return CrewTimes(
+        eta_s=eta, predecessors=np.atleast_2d(pred).astype(np.int64), heads=heads.astype(np.int64)
+    )
+
+
+def _fastest_edge(graph: CompiledGraph, u: int, v: int) -> int:
+    outs = graph.out_of(u)
+    hits = outs[graph.edge_v[outs] == v]
+    if hits.size == 0:
+        raise GuidanceError(f"no edge from node {u} to node {v}")
+    return int(hits[np.argmin(graph.edge_time_s[hits])])
+
+
+def _bearing_deg(xy: FloatArray) -> float:
+    d = xy[-1] - xy[0]
+    return math.degrees(math.atan2(float(d[1]), float(d[0])))
+
+
+def turn_instructions(
+    graph: CompiledGraph, edges: Sequence[int], target_names: Sequence[str]
+) -> tuple[str, ...]:
+    """French turn list along ``edges``: one line per street change or marked turn."""
+    if not edges:
+        return ("Vous êtes sur place",)
+
+    def street(e: int) -> str:
+        return graph.edge_name[e] or "la voie sans nom"
+
+    out = [f"Prendre {street(edges[0])}"]
+    for a, b in itertools.pairwise(edges):
+        xa, xb = graph.edge_xy(a), graph.edge_xy(b)
+        delta = (_bearing_deg(xb[:2]) - _bearing_deg(xa[-2:]) + 180.0) % 360.0 - 180.0
+        same = graph.edge_name[a] == graph.edge_name[b] and graph.edge_name[a] != ""
+        if abs(delta) > 150.0:
+            out.append(f"Faire demi-tour sur {street(b)}")
+        elif delta > 30.0:
+            out.append(f"Tourner à gauche sur {street(b)}")
+        elif delta < -30.0:
+            out.append(f"Tourner à droite sur {street(b)}")
+        elif not same:
+            out.append(f"Continuer tout droit sur {street(b)}")
+    names = " / ".join(target_names) if target_names else "le carrefour"
+    out.append(f"Arrivée : {names}, s'arrêter et attendre")
+    return tuple(out)
+
+
+def _align_with_previous(
+    solution: CoverageSolution, previous: dict[int, int], feasible: np.ndarray
+) -> CoverageSolution:
+    """Swap crews within a new plan (same points, same coverage) so that a crew whose previous
+    target is still used keeps it when the crew now holding it can take the other's point."""
+    assign = list(solution.assignment)
+    for b, p in sorted(previous.items()):
+        if assign[b] == p or p not in assign:
+            continue
+        a = assign.index(p)
+        q = assign[b]
+        if q < 0 or feasible[a, q]:
+            assign[a], assign[b] = q, p
+    return CoverageSolution(assignment=tuple(assign), value=solution.value)
+
+
+class InterceptionPlanner:
+    """Plan crews against an :class:`EscapePrediction` on one city."""
+
+    def __init__(self, city: City, config: PlannerConfig | None = None) -> None:
+        self.city = city
+        self.graph = city.graph
+        self.config = config or PlannerConfig()
+        self._polygons: dict[str, shapely.Geometry] = {}
+
+    # ----------------------------------------------------------------------------------------
+
+    def street_names(self, node: int) -> tuple[str, ...]:
+        """Distinct names of the streets meeting at ``node``, main roads first (up to 3)."""
+        g = self.graph
+        edges = np.r_[g.out_of(node), g.into(node)]
+        named = sorted({(int(g.edge_rank[e]), g.edge_name[e]) for e in edges.tolist() if g.edge_name[e]})
+        seen: list[str] = []
+        for _, name in named:
+            if name not in seen:
+                seen.append(name)
+        return tuple(seen[:3])
+
+    def _no_go_mask(self, nodes: IntArray, no_go: Iterable[NoGoArea], at: datetime) -> np.ndarray:
+        inside = np.zeros(nodes.size, dtype=bool)
+        lonlat = self.graph.node_lonlat[nodes]
+        for area in no_go:
+            if not area.is_active(at):
+                continue
+            poly = self._polygons.get(area.polygon_wkt)
+            if poly is None:
+                try:
+                    poly = shapely.wkt.loads(area.polygon_wkt)
+                except shapely.errors.ShapelyError as exc:
+                    raise GuidanceError(f"no-go area {area.name!r}: invalid WKT ({exc})") from None
+                shapely.prepare(poly)
+                self._polygons[area.polygon_wkt] = poly
+            inside |= shapely.contains_xy(poly, lonlat[:, 0], lonlat[:, 1])
+        return inside
+
+    def eligible_crews(
+        self,
+        crews: Sequence[Crew],
+        *,
+        previous: Plan | None,
+        incident_commune: str | None,
+        shared_communes: frozenset[str],
+    ) -> list[Crew]:
+        """Crews the plan may use: available (or assigned by the previous plan of this
+        incident), of the incident's commune or of a commune it is shared with."""
+        prev_ids = {s.crew_id for s in previous.suggestions} if previous is not None else set()
+        allowed = set(shared_communes) | ({incident_commune} if incident_commune else set())
+        out = []
+        for c in sorted(crews, key=lambda c: c.crew_id):
+            if c.status is CrewStatus.available or (
+                c.status is CrewStatus.assigned and c.crew_id in prev_ids
+            ):
+                if allowed and c.commune is not None and c.commune not in allowed:
+                    continue
+                out.append(c)
+        ids = [c.crew_id for c in out]
+        if len(set(ids)) != len(ids):
+            raise GuidanceError(f"duplicate crew ids in {sorted(ids)}")
+        return out
+
+    def plan(
+        self,
+        prediction: EscapePrediction,
+        crews: Sequence[Crew],
+        *,
+        previous: Plan | None = None,
+        at: datetime,
+        no_go: Sequence[NoGoArea] = (),
+        shared_communes: frozenset[str] = frozenset(),
+        incident_commune: str | None = None,
+    ) -> Plan:
+        """Assign each eligible crew an interception point or a hold.
+
+        ``at`` is the plan's time (aware); the prediction's ETAs count from ``prediction.at``
+        and are shifted to ``at``. ``previous`` is this incident's last plan (its version is
+        incremented, its targets kept under hysteresis).
+        """
+        if at.tzinfo is None:
+            raise GuidanceError("plan: 'at' must be timezone-aware")
+        if previous is not None and previous.incident_id != prediction.incident_id:
+            raise GuidanceError(
+                f"previous plan is for {previous.incident_id!r}, prediction for {prediction.incident_id!r}"
+            )
+        cfg = self.config
+        g = self.graph
+        version = previous.version + 1 if previous is not None else 1
+        shift = (at - prediction.at).total_seconds()
+        earliest = prediction.suspect_earliest_eta_s - shift
+        likely = prediction.suspect_likely_eta_s - shift
+        eligible = self.eligible_crews(
+            crews, previous=previous, incident_commune=incident_commune, shared_communes=shared_communes
+        )
+
+        # Candidate points: ahead of the suspect on sampled routes, reachable in time by someone.
+        cand_mask = (
+            (prediction.pass_probability > 0)
+            & np.isfinite(earliest)
+            & (earliest > cfg.safety_margin_s)
+            & (earliest <= cfg.max_crew_travel_s + cfg.safety_margin_s)
+        )
+        # Previous targets stay candidates while the suspect is still to come: a crew on its
+        # way or waiting there keeps it as long as it gets there first (``keep_margin_s``).
+        index = {c.crew_id: i for i, c in enumerate(eligible)}
+        previous_pairs: list[tuple[int, int]] = []
+        if previous is not None:
+            for s in sorted(previous.suggestions, key=lambda s: s.crew_id):
+                v = s.target_node
+                ok = 0 <= v < g.n_nodes and prediction.pass_probability[v] > 0 and np.isfinite(earliest[v])
+                if s.crew_id in index and ok and earliest[v] > cfg.keep_margin_s:
+                    previous_pairs.append((index[s.crew_id], v))
+                    cand_mask[v] = True
+        cand = np.flatnonzero(cand_mask).astype(np.int64)
+        if cand.size:
+            cand = cand[~self._no_go_mask(cand, no_go, at)]
+        if cand.size > cfg.max_candidates:
+            order = np.lexsort((cand, -prediction.pass_probability[cand]))
+            keep_nodes = np.array([v for _, v in previous_pairs], dtype=np.int64)
+            cand = np.union1d(cand[order[: cfg.max_candidates]], np.intersect1d(cand, keep_nodes))
+
+        times = crew_times(g, eligible, limit_s=cfg.max_crew_travel_s)
+        eta = times.eta_s[:, cand] if eligible else np.zeros((0, cand.size))
+        feasible = eta + cfg.safety_margin_s <= earliest[cand][None, :]
+        col = {int(v): j for j, v in enumerate(cand.tolist())}
+        kept_pairs: dict[int, int] = {}
+        for ci, v in previous_pairs:
+            j = col.get(v)
+            if (
+                j is not None
+                and eta[ci, j] + cfg.keep_margin_s <= earliest[v]
+                and j not in kept_pairs.values()
+            ):
+                feasible[ci, j] = True
+                kept_pairs[ci] = j
+        reach = feasible.any(axis=0)
+        cand, eta, feasible = cand[reach], eta[:, reach], feasible[:, reach]
+        new_col = np.cumsum(reach) - 1
+        kept_pairs = {ci: int(new_col[j]) for ci, j in kept_pairs.items()}
+
+        # Incidence points × routes from each route's first arrivals.
+        arrivals = prediction.first_arrivals or first_arrivals(prediction.samples, prediction.horizon_s)
+        rows, nodes, _ = arrivals
+        lookup = np.full(g.n_nodes, -1, dtype=np.int64)
+        lookup[cand] = np.arange(cand.size)
+        pi = lookup[nodes]
+        keep = pi >= 0
+        K = prediction.samples.n_routes
+        incidence = sp.csr_matrix((np.ones(int(keep.sum())), (pi[keep], rows[keep])), shape=(cand.size, K))
+        weights = prediction.samples.weights / prediction.samples.weights.sum()
+
+        with np.errstate(invalid="ignore"):
+            margin = earliest[cand][None, :] - eta
+            wait = likely[cand][None, :] - eta
+        bonus = 1e-6 * np.clip(np.nan_to_num(margin, posinf=0.0), 0.0, 120.0) / 120.0 - 1e-6 * np.clip(
+            (np.nan_to_num(wait, posinf=0.0) - cfg.max_wait_s) / max(cfg.max_wait_s, 1.0), 0.0, 1.0
+        )
+        problem = CoverageProblem(
+            incidence=incidence,
+            route_weights=weights,
+            feasible=feasible,
+            max_assignments=min(cfg.max_crews_per_incident, len(eligible)),
+            pair_bonus=bonus,
+        )
+        fresh = lazy_greedy(problem, min_gain=cfg.min_gain)
+        chosen: CoverageSolution = fresh
+        kept_ids: set[str] = set()
+        kept_value: float | None = None
+        if kept_pairs:
+            fixed = dict(sorted(kept_pairs.items())[: problem.max_assignments])
+            kept = lazy_greedy(problem, fixed=fixed, min_gain=cfg.min_gain)
+            kept_value = kept.value
+            if not fresh.value > kept.value + cfg.hysteresis + 1e-12:
+                chosen = kept
+                kept_ids = {eligible[ci].crew_id for ci in fixed}
+            else:
+                chosen = _align_with_previous(fresh, kept_pairs, feasible)
+                kept_ids = {
+                    eligible[ci].crew_id for ci, pj in kept_pairs.items() if chosen.assignment[ci] == pj
+                }
+
+        exits = set(prediction.samples.destinations[prediction.samples.left].tolist())
+        suggestions: list[Suggestion] = []
+        holds: list[str] = []
+        for ci, crew in enumerate(eligible):
+            pj = chosen.assignment[ci]
+            if pj < 0:
+                holds.append(crew.crew_id)
+                continue
+            node = int(cand[pj])
+            suggestions.append(
+                self._suggestion(
+                    prediction,
+                    crew,
+                    node,
+                    times,
+                    ci,
+                    at=at,
+                    version=version,
+                    earliest_s=float(earliest[node]),
+                    likely_s=float(likely[node]),
+                    crew_eta_s=float(eta[ci, pj]),
+                    is_exit=node in exits,
+                    kept=crew.crew_id in kept_ids,
+                )
+            )
+        parameters: dict[str, object] = dict(cfg.as_dict())
+        parameters.update(
+            {
+                "planner_version": PLANNER_VERSION,
+                "prediction_seed": prediction.seed,
+                "n_candidates": int(cand.size),
+                "n_eligible_crews": len(eligible),
+                "fresh_coverage": fresh.value,
+                "kept_coverage": kept_value,
+                "kept_previous": bool(kept_ids),
+                "no_go": [a.name for a in no_go if a.is_active(at)],
+                "shared_communes": sorted(shared_communes),
+                "incident_commune": incident_commune,
+            }
+        )
+        return Plan(
+            incident_id=prediction.incident_id,
+            version=version,
+            at=at,
+            suggestions=tuple(suggestions),
+            holds=tuple(holds),
+            coverage_probability=float(chosen.value),
+            graph_version=g.version,
+            model_version=prediction.model_version,
+            parameters=parameters,
+        )
+
+    def _suggestion(
+        self,
+        prediction: EscapePrediction,
+        crew: Crew,
+        node: int,
+        times: CrewTimes,
+        ci: int,
+        *,
+        at: datetime,
+        version: int,
+        earliest_s: float,
+        likely_s: float,
+        crew_eta_s: float,
+        is_exit: bool,
+        kept: bool,
+    ) -> Suggestion:
+        g = self.graph
+        head = int(times.heads[ci])
+        path = path_from_predecessors(times.predecessors[ci], head, node)
+        edges = [crew.position.edge] + [_fastest_edge(g, a, b) for a, b in itertools.pairwise(path)]
+        names = self.street_names(node)
+        lon, lat = (float(x) for x in g.node_lonlat[node])
+        p_cover = float(prediction.pass_probability[node])
+        margin = earliest_s - crew_eta_s
+        label = self._label(node, names, is_exit)
+        reason = (
+            f"Couvre {label}, {round(100 * p_cover)} % des itinéraires probables ; "
+            f"sur place {margin:.0f} s avant le suspect au plus tôt."
+        )
+        ttl = min(self.config.suggestion_ttl_s, likely_s + self.config.expiry_slack_s)
+        return Suggestion(
+            suggestion_id=f"{prediction.incident_id}:{version}:{crew.crew_id}",
+            incident_id=prediction.incident_id,
+            crew_id=crew.crew_id,
+            target_node=node,
+            lon=lon,
+            lat=lat,
+            street_names=names,
+            route_lonlat=tuple(path_lonlat(g, edges)),
+            turns=turn_instructions(g, edges, names),
+            crew_eta_s=crew_eta_s,
+            suspect_earliest_eta_s=earliest_s,
+            suspect_likely_eta_s=likely_s,
+            margin_s=margin,
+            probability_covered=p_cover,
+            reason=reason,
+            plan_version=version,
+            issued_at=at,
+            expires_at=at + timedelta(seconds=max(ttl, 1.0)),
+            kept=kept,
+        )
+
+    def _label(self, node: int, names: tuple[str, ...], is_exit: bool) -> str:
+        g = self.graph
+        adjacent = np.r_[g.out_of(node), g.into(node)]
+        bridges = [g.edge_name[e] for e in adjacent.tolist() if g.edge_bridge[e]]
+        where = " / ".join(names) if names else f"n° {int(g.node_osmid[node])}"
+        if is_exit:
+            return f"la sortie de la carte ({where})"
+        if bridges:
+            bridge = next((b for b in bridges if b), "")
+            return f"le pont{' ' + bridge if bridge else ''} ({where})"
+        return f"le carrefour {where}"

@@ -1,0 +1,143 @@
+"""The Coordinator facade on the embedded default city: open, crews, sightings, re-plans."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pytest
+
+from guidance.coordinator import Coordinator
+from guidance.types import Crew, CrewStatus, EscapePrediction, GuidanceError
+from map_data.city import default_city
+from map_data.network_types import City
+from map_data.types import EdgePosition, LonLat
+from tracking.errors import UnknownIncidentError
+from tracking.types import Sighting
+
+T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture(scope="module")
+def city() -> City:
+    return default_city()
+
+
+def centre_lonlat(city: City) -> LonLat:
+    g = city.graph
+    o = int(np.argmin(np.hypot(*(g.node_xy - g.node_xy.mean(axis=0)).T)))
+    return LonLat(float(g.node_lonlat[o, 0]), float(g.node_lonlat[o, 1]))
+
+
+def some_crews(city: City, n: int = 10, seed: int = 0) -> list[Crew]:
+    rng = np.random.default_rng(seed)
+    edges = rng.choice(city.graph.n_edges, size=n, replace=False)
+    return [Crew(f"crew-{i:02d}", EdgePosition(int(e), 0.0)) for i, e in enumerate(edges)]
+
+
+def camera_on_route(city: City, prediction: EscapePrediction) -> tuple[str, float]:
+    for route in prediction.routes:
+        for i, e in enumerate(route.edges[1:], start=1):
+            seen = city.cameras.on_edge.get(e)
+            if seen:
+                return seen[0][0], route.eta_s[i]
+    raise AssertionError("no camera on the predicted routes")
+
+
+def test_open_plan_sight_replan(city: City) -> None:
+    co = Coordinator(city)
+    state = co.open_incident("inc-1", at=T0, origin_lonlat=centre_lonlat(city))
+    assert state.plan is None and state.belief is not None and state.belief.positions
+    plans = co.set_crews(some_crews(city), T0)
+    p1 = plans["inc-1"]
+    assert p1.version == 1 and p1.suggestions and p1.coverage_probability > 0
+    assert co.replan("inc-1", T0) is p1  # nothing changed
+    p2 = co.replan("inc-1", T0 + timedelta(seconds=5))
+    assert p2.version == 2
+    pred = co.state("inc-1", T0 + timedelta(seconds=5)).prediction
+    assert pred is not None
+    cam, eta = camera_on_route(city, pred)
+    seen_at = T0 + timedelta(seconds=5 + eta)
+    sighting = Sighting(incident_id="inc-1", camera_id=cam, observed_at=seen_at, source_event_id="ev-1")
+    out = co.ingest(sighting)
+    assert out.update.accepted and out.plan is not None and out.plan.version == 3
+    assert out.belief is not None and out.belief.n_sightings == 1
+    assert out.prediction is not None and out.prediction.at == seen_at
+    for s in out.plan.suggestions:
+        # a new target needs the safety margin; a kept one only that the crew gets there first
+        margin = 0.0 if s.kept else 20.0
+        assert s.crew_eta_s + margin <= s.suspect_earliest_eta_s + 1e-9
+    again = co.ingest(sighting)
+    assert again.update.duplicate and again.plan is None
+    gj = co.prediction_geojson("inc-1")
+    json.dumps(gj)
+    assert gj["features"]
+    assert co.belief_geojson("inc-1", seen_at)["features"]
+    assert {f["properties"]["crew_id"] for f in co.plan_geojson("inc-1")["features"]} == {
+        s.crew_id for s in out.plan.suggestions
+    }
+    co.close_incident("inc-1")
+    with pytest.raises(UnknownIncidentError):
+        co.replan("inc-1", seen_at)
+
+
+def test_same_inputs_same_plans(city: City) -> None:
+    def run() -> list[tuple[str, int]]:
+        co = Coordinator(city)
+        co.open_incident("inc-d", at=T0, origin_lonlat=centre_lonlat(city))
+        co.set_crews(some_crews(city, seed=4), T0)
+        plan = co.replan("inc-d", T0 + timedelta(seconds=10))
+        return [(s.crew_id, s.target_node) for s in plan.suggestions]
+
+    assert run() == run()
+
+
+def test_crews_are_not_shared_between_incidents(city: City) -> None:
+    co = Coordinator(city)
+    co.open_incident("a", at=T0, origin_lonlat=centre_lonlat(city))
+    g = city.graph
+    other = LonLat(float(g.node_lonlat[0, 0]), float(g.node_lonlat[0, 1]))
+    co.open_incident("b", at=T0, origin_lonlat=other)
+    plans = co.set_crews(some_crews(city, n=12, seed=1), T0)
+    a = {s.crew_id for s in plans["a"].suggestions}
+    b = {s.crew_id for s in plans["b"].suggestions}
+    assert a and not (a & b)
+
+
+def test_commune_sharing_and_empty_incident(city: City) -> None:
+    co = Coordinator(city)
+    co.open_incident("inc-c", at=T0, commune="Metz-Centre", origin_lonlat=centre_lonlat(city))
+    crews = [
+        Crew(c.crew_id, c.position, commune="Woippy", status=CrewStatus.available)
+        for c in some_crews(city, n=6)
+    ]
+    plan = co.set_crews(crews, T0)["inc-c"]
+    assert plan.suggestions == () and plan.holds == ()
+    assert co.share_incident("inc-c", ["Woippy"]) == frozenset({"Woippy"})
+    assert co.replan("inc-c", T0).suggestions
+    # An incident without an origin and without sightings: an empty plan, every crew holds.
+    assert co.open_incident("inc-x", at=T0).belief is None
+    assert co.belief_geojson("inc-x", T0)["features"] == []
+    empty = co.replan("inc-x", T0)
+    assert empty.suggestions == () and empty.version == 1
+    with pytest.raises(GuidanceError, match="duplicate crew ids"):
+        co.set_crews(crews + crews[:1], T0)
+
+
+def test_incident_without_origin_plans_after_its_first_sighting(city: City) -> None:
+    co = Coordinator(city)
+    co.open_incident("inc-n", at=T0)
+    co.set_crews(some_crews(city, n=8, seed=2), T0)
+    cam = sorted(city.cameras.views)[len(city.cameras.views) // 2]
+    seen = T0 + timedelta(seconds=30)
+    out = co.ingest(Sighting(incident_id="inc-n", camera_id=cam, observed_at=seen, source_event_id="n-1"))
+    assert out.update.accepted and out.prediction is not None and out.plan is not None
+    assert out.plan.version == 1 and out.plan.at == seen
+    # a late sighting re-plans at the last plan's time, never back in time
+    late = co.ingest(
+        Sighting(
+            incident_id="inc-n", camera_id=cam, observed_at=T0 + timedelta(seconds=10), source_event_id="n-0"
+        )
+    )
+    assert late.plan is None or late.plan.at == seen
