@@ -1,0 +1,640 @@
+"""Route hypotheses: a Kalman filter on a line, a set of lines on the graph.
+
+A hypothesis is a route (the edges driven since the last sighting, starting at the sighted
+edge), a constant-velocity Kalman state :math:`[s, v]` along that route (:mod:`tracking.kalman`)
+and a log-weight. Between sightings the filters predict forward and routes branch lazily: when
+a hypothesis' mean passes its route's end, it is replaced by one child per way out of the
+crossing, weighted by the branch model's prior. On a sighting each hypothesis is conditioned
+on passing the camera (a Kalman update at the camera's position along the route) and weighted
+by the likelihood. Similar hypotheses (same current edge, close position and speed) are merged
+by moment matching and the lightest are pruned.
+
+Negative information: a camera on a hypothesis' route, passed since the last sighting
+without a report, multiplies its weight by
+
+.. math::
+
+    1 - p_d \\, \\Phi\\!\\left(\\frac{\\hat s - z}{\\sigma_s}\\right)
+
+where :math:`z` is the camera's position along the route, :math:`\\hat s, \\sigma_s` the
+predicted position and its standard deviation, :math:`p_d` the detection probability and
+:math:`\\Phi` the standard normal CDF (the probability it has passed by now). When the next
+sighting arrives the passage is certain for the cameras before it, and the factor is
+:math:`1 - p_d`. The factor is recomputed from the state at the time asked (``neg``), never
+accumulated across queries, so a belief is a pure function of the sightings and the time.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from map_data.types import EdgePosition, FloatArray
+from tracking.behaviour import BranchContext, BranchModel
+from tracking.config import TrackerConfig
+from tracking.kalman import H_SPEED, predict_batch, update_batch
+from tracking.roads import RoadIndex
+
+_SQRT2 = math.sqrt(2.0)
+_NEGLIGIBLE_LOG = 25.0  # hypotheses this far (in log-weight) below the best are dropped
+
+
+@dataclass(frozen=True, slots=True)
+class Hypotheses:
+    """A weighted set of route hypotheses at time ``t_s`` (POSIX seconds).
+
+    ``route_len[i]`` is the length of route ``i`` and ``last_start[i]`` the position of its
+    last edge's start along it; ``x`` (N, 2) and ``P`` (N, 2, 2) are the Kalman states;
+    ``lw`` the log-weights without the negative information of the moment, ``neg`` that
+    negative information; ``anchor`` the position of the last sighting along each route;
+    ``last_camera`` the camera of the last accepted sighting (``None`` before one).
+    """
+
+    t_s: float
+    routes: tuple[tuple[int, ...], ...]
+    route_len: FloatArray
+    last_start: FloatArray
+    x: FloatArray
+    P: FloatArray
+    lw: FloatArray
+    neg: FloatArray
+    anchor: FloatArray
+    last_camera: str | None
+
+    @property
+    def size(self) -> int:
+        return len(self.routes)
+
+    def probabilities(self) -> FloatArray:
+        """Normalised weights (sum to 1)."""
+        eff = self.lw + self.neg
+        w = np.exp(eff - eff.max())
+        out: FloatArray = w / w.sum()
+        return out
+
+
+class Context:
+    """What the hypothesis algorithms need: roads, the branch model and the configuration.
+
+    Memoises branch priors per arriving edge (the branch context is fixed for one track).
+    """
+
+    def __init__(
+        self,
+        roads: RoadIndex,
+        behaviour: BranchModel,
+        branch_context: BranchContext,
+        config: TrackerConfig,
+    ) -> None:
+        self.roads = roads
+        self.behaviour = behaviour
+        self.branch_context = branch_context
+        self.config = config
+        self.p_detect = float(roads.cameras.detection_probability)
+        self._log_miss = math.log(max(1.0 - self.p_detect, 1e-9))
+        self._branches: dict[int, tuple[tuple[int, float], ...]] = {}
+        self._table: tuple[list[int], list[float]] | None = None
+        table = getattr(behaviour, "branch_table", None)
+        if callable(table):
+            ptr, probs = table(roads.graph, branch_context)
+            self._table = ([int(v) for v in ptr], [float(v) for v in probs])
+
+    def branches(self, in_edge: int) -> tuple[tuple[int, float], ...]:
+        """``(out_edge, log prior)`` of the ways out at the head of ``in_edge`` (tiny ones dropped)."""
+        cached = self._branches.get(in_edge)
+        if cached is not None:
+            return cached
+        outs = self.roads.out_list[self.roads.edge_v[in_edge]]
+        result: tuple[tuple[int, float], ...] = ()
+        if outs:
+            p: Sequence[float] | FloatArray
+            if self._table is not None:
+                ptr, probs = self._table
+                p = probs[ptr[in_edge] : ptr[in_edge + 1]]
+            else:
+                p = self.behaviour.branch_probabilities(
+                    self.roads.graph, in_edge, np.asarray(outs, dtype=np.int64), self.branch_context
+                )
+            floor = self.config.min_branch_probability
+            result = tuple((e, math.log(float(pe))) for e, pe in zip(outs, p, strict=True) if pe > floor)
+        self._branches[in_edge] = result
+        return result
+
+    def locate(self, route: tuple[int, ...], s: float) -> tuple[int, float, int, float]:
+        """Edge, offset (clamped inside it), index in the route, and start along the route of
+        the point ``s`` metres along ``route``."""
+        c = 0.0
+        lengths = self.roads.edge_len
+        last = len(route) - 1
+        for k, e in enumerate(route):
+            length = lengths[e]
+            if s < c + length or k == last:
+                return e, min(max(s - c, 0.0), length), k, c
+            c += length
+        raise AssertionError("unreachable")
+
+    def span_log_factor(self, z: float, s: float, sigma: float) -> float:
+        """:math:`\\log(1 - p_d \\Phi((s - z)/\\sigma))` for a silent camera at ``z``."""
+        passed = 0.5 * math.erfc(-(s - z) / (sigma * _SQRT2))
+        return math.log(max(1.0 - self.p_detect * passed, 1e-12))
+
+    def route_neg(
+        self, route: tuple[int, ...], anchor: float, s: float, sigma: float, skip: str | None
+    ) -> float:
+        """Negative information of the silent cameras on ``route`` beyond ``anchor``."""
+        total = 0.0
+        c = 0.0
+        spans = self.roads.edge_spans
+        for e in route:
+            for cid, mid, _a, _b in spans.get(e, ()):
+                z = c + mid
+                if cid != skip and z > anchor + 1.0:
+                    total += self.span_log_factor(z, s, sigma)
+            c += self.roads.edge_len[e]
+        return total
+
+    def passed_log_factor(
+        self, route: tuple[int, ...], upto: int, anchor: float, z_seen: float, skip: frozenset[str]
+    ) -> float:
+        """:math:`\\log(1-p_d)` per silent camera passed between ``anchor`` and ``z_seen``."""
+        total = 0.0
+        c = 0.0
+        spans = self.roads.edge_spans
+        for e in route[: upto + 1]:
+            for cid, mid, _a, _b in spans.get(e, ()):
+                z = c + mid
+                if cid not in skip and anchor + 1.0 < z < z_seen - 1.0:
+                    total += self._log_miss
+            c += self.roads.edge_len[e]
+        return total
+
+
+# --------------------------------------------------------------------------- initiation
+
+
+def initiate_at_camera(
+    ctx: Context,
+    t_s: float,
+    camera_id: str,
+    *,
+    heading_deg: float | None,
+    speed_mps: float | None,
+) -> Hypotheses:
+    """One hypothesis per stretch the camera sees, weighted by agreement with ``heading_deg``
+    (or, without a heading, by how much the stretch leads away from the incident)."""
+    cfg = ctx.config
+    spans = ctx.roads.cameras.view(camera_id).spans
+    routes: list[tuple[int, ...]] = []
+    x_rows: list[list[float]] = []
+    p_rows: list[list[list[float]]] = []
+    lw: list[float] = []
+    anchor: list[float] = []
+    v0 = cfg.speed_prior_mps if speed_mps is None else speed_mps
+    sv = cfg.speed_prior_sigma_mps if speed_mps is None else cfg.reported_speed_sigma_mps
+    for span in spans:
+        mid = 0.5 * (span.start_m + span.end_m)
+        r = _span_variance(span.start_m, span.end_m, cfg)
+        routes.append((span.edge,))
+        x_rows.append([mid, v0])
+        p_rows.append([[r, 0.0], [0.0, sv * sv]])
+        lw.append(_direction_log_weight(ctx, span.edge, mid, heading_deg))
+        anchor.append(mid)
+    return _make(ctx, t_s, routes, x_rows, p_rows, lw, anchor, camera_id)
+
+
+def initiate_at_origin(ctx: Context, t_s: float, origin: EdgePosition) -> Hypotheses:
+    """Hypotheses leaving the incident's position in either direction of its road."""
+    cfg = ctx.config
+    edges = [(origin.edge, origin.offset_m)]
+    rev = ctx.roads.graph.reverse_edge(origin.edge)
+    if rev is not None:
+        edges.append((rev, max(0.0, ctx.roads.edge_len[rev] - origin.offset_m)))
+    sv = cfg.speed_prior_sigma_mps
+    return _make(
+        ctx,
+        t_s,
+        [(e,) for e, _ in edges],
+        [[off, cfg.speed_prior_mps] for _, off in edges],
+        [[[cfg.camera_noise_m**2, 0.0], [0.0, sv * sv]] for _ in edges],
+        [0.0 for _ in edges],
+        [off for _, off in edges],
+        None,
+    )
+
+
+def _span_variance(start_m: float, end_m: float, cfg: TrackerConfig) -> float:
+    """Variance of a passage somewhere in a seen stretch: uniform over it plus camera noise."""
+    return (end_m - start_m) ** 2 / 12.0 + cfg.camera_noise_m**2
+
+
+def _direction_log_weight(ctx: Context, edge: int, offset_m: float, heading_deg: float | None) -> float:
+    if heading_deg is not None:
+        delta = math.radians(ctx.roads.bearing_deg(edge, offset_m) - heading_deg)
+        return ctx.config.heading_concentration * (math.cos(delta) - 1.0)
+    origin = ctx.branch_context.origin_xy
+    if origin is None:
+        return 0.0
+    roads = ctx.roads
+    u, v = roads.edge_u[edge], roads.edge_v[edge]
+    xy = roads.graph.node_xy
+    du = math.hypot(xy[u, 0] - origin[0], xy[u, 1] - origin[1])
+    dv = math.hypot(xy[v, 0] - origin[0], xy[v, 1] - origin[1])
+    return 0.5 * max(-1.0, min(1.0, (dv - du) / max(roads.edge_len[edge], 1.0)))
+
+
+def _make(
+    ctx: Context,
+    t_s: float,
+    routes: list[tuple[int, ...]],
+    x_rows: list[list[float]],
+    p_rows: list[list[list[float]]],
+    lw: list[float],
+    anchor: list[float],
+    last_camera: str | None,
+) -> Hypotheses:
+    lengths = ctx.roads.edge_len
+    route_len = np.array([sum(lengths[e] for e in r) for r in routes], dtype=np.float64)
+    last_start = np.array([route_len[i] - lengths[r[-1]] for i, r in enumerate(routes)], dtype=np.float64)
+    lw_arr = np.array(lw, dtype=np.float64)
+    return Hypotheses(
+        t_s=t_s,
+        routes=tuple(routes),
+        route_len=route_len,
+        last_start=last_start,
+        x=np.array(x_rows, dtype=np.float64).reshape(-1, 2),
+        P=np.array(p_rows, dtype=np.float64).reshape(-1, 2, 2),
+        lw=lw_arr - lw_arr.max(),
+        neg=np.zeros(len(routes), dtype=np.float64),
+        anchor=np.array(anchor, dtype=np.float64),
+        last_camera=last_camera,
+    )
+
+
+# --------------------------------------------------------------------------- prediction
+
+
+def propagate(ctx: Context, hyps: Hypotheses, t_s: float) -> Hypotheses:
+    """Predict every hypothesis to ``t_s`` and branch the routes their means have run past.
+
+    Pure: the result depends only on ``hyps`` and ``t_s``. The negative information of the
+    silent cameras on each route is evaluated at ``t_s`` (``neg``).
+    """
+    cfg = ctx.config
+    dt = t_s - hyps.t_s
+    if dt > 0:
+        x, P = predict_batch(hyps.x, hyps.P, dt, cfg.accel_noise)
+    else:
+        x, P = hyps.x.copy(), hyps.P.copy()
+    sigma = np.sqrt(P[:, 0, 0])
+    routes = list(hyps.routes)
+    route_len = hyps.route_len.tolist()
+    last_start = hyps.last_start.tolist()
+    anchor = hyps.anchor.tolist()
+    lw = hyps.lw.tolist()
+    skip = hyps.last_camera
+    s_list = x[:, 0].tolist()
+    sig_list = sigma.tolist()
+    neg = [ctx.route_neg(routes[i], anchor[i], s_list[i], sig_list[i], skip) for i in range(len(routes))]
+    lengths = ctx.roads.edge_len
+    spans = ctx.roads.edge_spans
+    for _ in range(cfg.max_extension_rounds):
+        need = [i for i in range(len(routes)) if s_list[i] > route_len[i] and ctx.branches(routes[i][-1])]
+        if not need:
+            break
+        need_set = set(need)
+        floor = max(lw[i] + neg[i] for i in range(len(routes))) - _NEGLIGIBLE_LOG
+        # One record per hypothesis: (source row, route, length, last start, anchor, lw, neg).
+        records = [
+            (i, routes[i], route_len[i], last_start[i], anchor[i], lw[i], neg[i])
+            for i in range(len(routes))
+            if i not in need_set
+        ]
+        for i in need:
+            base, route, s_i, sig_i, lw_i, neg_i, anchor_i = (
+                route_len[i],
+                routes[i],
+                s_list[i],
+                sig_list[i],
+                lw[i],
+                neg[i],
+                anchor[i],
+            )
+            for e, logp in ctx.branches(route[-1]):
+                extra = 0.0
+                for cid, mid, _a, _b in spans.get(e, ()):
+                    if cid != skip:
+                        extra += ctx.span_log_factor(base + mid, s_i, sig_i)
+                if lw_i + logp + neg_i + extra < floor:
+                    continue
+                records.append(
+                    (i, (*route, e), base + lengths[e], base, anchor_i, lw_i + logp, neg_i + extra)
+                )
+        idx = np.fromiter((r[0] for r in records), dtype=np.int64, count=len(records))
+        x, P = x[idx], P[idx]
+        routes = [r[1] for r in records]
+        route_len = [r[2] for r in records]
+        last_start = [r[3] for r in records]
+        anchor = [r[4] for r in records]
+        lw = [r[5] for r in records]
+        neg = [r[6] for r in records]
+        if len(routes) > 2 * cfg.max_hypotheses:  # let a few rounds accumulate between merges
+            routes, route_len, last_start, anchor, lw, neg, x, P = _merge_prune(
+                ctx, routes, route_len, last_start, anchor, lw, neg, x, P, key_last_edge=True
+            )
+        s_list = x[:, 0].tolist()
+        sig_list = np.sqrt(P[:, 0, 0]).tolist()
+    if dt > 0:
+        routes, route_len, last_start, anchor, lw, neg, x, P = _merge_prune(
+            ctx, routes, route_len, last_start, anchor, lw, neg, x, P, key_last_edge=True
+        )
+    return Hypotheses(
+        t_s=t_s,
+        routes=tuple(routes),
+        route_len=np.asarray(route_len, dtype=np.float64),
+        last_start=np.asarray(last_start, dtype=np.float64),
+        x=x,
+        P=P,
+        lw=np.asarray(lw, dtype=np.float64),
+        neg=np.asarray(neg, dtype=np.float64),
+        anchor=np.asarray(anchor, dtype=np.float64),
+        last_camera=skip,
+    )
+
+
+_Merged = tuple[
+    list[tuple[int, ...]],
+    list[float],
+    list[float],
+    list[float],
+    list[float],
+    list[float],
+    FloatArray,
+    FloatArray,
+]
+
+
+def _merge_prune(
+    ctx: Context,
+    routes: list[tuple[int, ...]],
+    route_len: list[float],
+    last_start: list[float],
+    anchor: list[float],
+    lw: list[float],
+    neg: list[float],
+    x: FloatArray,
+    P: FloatArray,
+    *,
+    key_last_edge: bool,
+) -> _Merged:
+    """Merge hypotheses on the same last edge with close position and speed; keep the heaviest.
+
+    A merged hypothesis keeps the route of its heaviest member; its state is the moment-matched
+    mixture (positions taken relative to the start of the shared last edge):
+
+    .. math::
+
+        \\bar x = \\sum_i w_i x_i, \\qquad
+        \\bar P = \\sum_i w_i \\left(P_i + (x_i - \\bar x)(x_i - \\bar x)^T\\right)
+    """
+    cfg = ctx.config
+    eff = np.asarray(lw, dtype=np.float64) + np.asarray(neg, dtype=np.float64)
+    best = float(eff.max())
+    alive = np.flatnonzero(eff >= best - _NEGLIGIBLE_LOG)
+    if len(alive) > 3 * cfg.max_hypotheses:  # too many to merge one by one: keep the heaviest
+        alive = np.sort(alive[np.argsort(-eff[alive], kind="stable")[: 3 * cfg.max_hypotheses]])
+    s_rel_arr = x[:, 0] - np.asarray(last_start, dtype=np.float64)
+    s_rel = s_rel_arr.tolist()
+    v = x[:, 1].tolist()
+    eff_l = eff.tolist()
+    groups: dict[int, list[int]] = {}
+    for i in alive.tolist():
+        groups.setdefault(routes[i][-1] if key_last_edge else routes[i][0], []).append(i)
+    out_idx: list[int] = []  # the member kept for each output hypothesis
+    out_lw: list[float] = []
+    merged_rows: list[tuple[int, list[int]]] = []  # (output position, members) of merged ones
+    for members in groups.values():
+        if len(members) == 1:
+            out_idx.append(members[0])
+            out_lw.append(lw[members[0]])
+            continue
+        members.sort(key=lambda j: (s_rel[j], j))
+        clusters: list[list[int]] = []
+        head = -1
+        for j in members:
+            if (
+                head >= 0
+                and s_rel[j] - s_rel[head] <= cfg.merge_distance_m
+                and abs(v[j] - v[head]) <= cfg.merge_speed_mps
+            ):
+                clusters[-1].append(j)
+                continue
+            clusters.append([j])
+            head = j
+        for cl in clusters:
+            if len(cl) == 1:
+                out_idx.append(cl[0])
+                out_lw.append(lw[cl[0]])
+                continue
+            heavy = max(cl, key=lambda j: (eff_l[j], -j))
+            top = max(eff_l[j] for j in cl)
+            total = sum(math.exp(eff_l[j] - top) for j in cl)
+            merged_rows.append((len(out_idx), cl))
+            out_idx.append(heavy)
+            out_lw.append(top + math.log(total) - neg[heavy])
+    # Prune to the heaviest ``max_hypotheses`` (ties broken by position in the list).
+    eff_out = [out_lw[k] + neg[out_idx[k]] for k in range(len(out_idx))]
+    order = sorted(range(len(out_idx)), key=lambda k: (-eff_out[k], out_idx[k]))[: cfg.max_hypotheses]
+    keep_rows = set(order)
+    idx_arr = np.asarray(out_idx, dtype=np.int64)
+    new_x = x[idx_arr]
+    new_P = P[idx_arr]
+    for pos, cl in merged_rows:
+        if pos not in keep_rows:
+            continue
+        heavy = out_idx[pos]
+        ids = np.asarray(cl, dtype=np.int64)
+        e = eff[ids]
+        w = np.exp(e - e.max())
+        w = w / w.sum()
+        xs = x[ids].copy()
+        xs[:, 0] = s_rel_arr[ids] + last_start[heavy]
+        mean = w @ xs
+        d = xs - mean
+        cov = np.einsum("i,ijk->jk", w, P[ids]) + np.einsum("i,ij,ik->jk", w, d, d)
+        new_x[pos] = mean
+        new_P[pos] = 0.5 * (cov + cov.T)
+    order.sort(key=lambda k: out_idx[k])
+    sel = np.asarray(order, dtype=np.int64)
+    return (
+        [routes[out_idx[k]] for k in order],
+        [route_len[out_idx[k]] for k in order],
+        [last_start[out_idx[k]] for k in order],
+        [anchor[out_idx[k]] for k in order],
+        [out_lw[k] for k in order],
+        [neg[out_idx[k]] for k in order],
+        new_x[sel].reshape(-1, 2),
+        new_P[sel].reshape(-1, 2, 2),
+    )
+
+
+# --------------------------------------------------------------------------- conditioning
+
+
+def condition(
+    ctx: Context,
+    hyps: Hypotheses,
+    camera_id: str,
+    *,
+    heading_deg: float | None,
+    speed_mps: float | None,
+) -> Hypotheses | None:
+    """Condition hypotheses (already propagated to the sighting's time) on passing ``camera_id``.
+
+    Each hypothesis whose route passes a stretch the camera sees (looking ahead past the
+    route's end by ``lookahead_sigmas`` standard deviations, branching with the prior) gets a
+    Kalman update at the stretch's position along its route and is weighted by the update's
+    likelihood, by agreement with ``heading_deg`` and by :math:`1-p_d` for every silent camera
+    it passed on the way. Routes are then cut to start at the sighted edge. Returns ``None``
+    when no hypothesis can have passed the camera (the caller re-initiates).
+    """
+    cfg = ctx.config
+    roads = ctx.roads
+    seen: dict[int, tuple[float, float, float]] = {}
+    for span in roads.cameras.view(camera_id).spans:
+        mid = 0.5 * (span.start_m + span.end_m)
+        seen[span.edge] = (
+            mid,
+            _span_variance(span.start_m, span.end_m, cfg),
+            _direction_log_weight(ctx, span.edge, mid, heading_deg) if heading_deg is not None else 0.0,
+        )
+    lengths = roads.edge_len
+    # Candidates: (parent, route, index of the seen edge in it, its start along the route, extra log prior)
+    cands: list[tuple[int, tuple[int, ...], int, float, float]] = []
+    s_all = hyps.x[:, 0]
+    sig_all = np.sqrt(hyps.P[:, 0, 0])
+    reach: list[float] = []
+    reach_by_end: dict[int, float] = {}
+    for i, route in enumerate(hyps.routes):
+        c = 0.0
+        for j, e in enumerate(route):
+            if e in seen:
+                cands.append((i, route, j, c, 0.0))
+            c += lengths[e]
+        r_i = min(
+            float(s_all[i] + cfg.lookahead_sigmas * sig_all[i] + cfg.lookahead_extra_m) - c,
+            cfg.lookahead_max_m,
+        )
+        reach.append(r_i)
+        if r_i > 0:
+            reach_by_end[route[-1]] = max(reach_by_end.get(route[-1], 0.0), r_i)
+    ahead = {end: _look_ahead(ctx, end, r, seen) for end, r in reach_by_end.items()}
+    for i, route in enumerate(hyps.routes):
+        if reach[i] <= 0:
+            continue
+        base = float(hyps.route_len[i])
+        for path, dist, logp in ahead[route[-1]]:
+            if dist <= reach[i]:
+                full = route + path
+                cands.append((i, full, len(full) - 1, base + dist, logp))
+    if not cands:
+        return None
+    parents = np.asarray([cd[0] for cd in cands], dtype=np.int64)
+    z = np.asarray([cd[3] + seen[cd[1][cd[2]]][0] for cd in cands], dtype=np.float64)
+    r = np.asarray([seen[cd[1][cd[2]]][1] for cd in cands], dtype=np.float64)
+    x, P, ll = update_batch(hyps.x[parents], hyps.P[parents], z, r)
+    if speed_mps is not None:
+        x, P, ll_v = update_batch(
+            x, P, np.full(len(cands), speed_mps), cfg.reported_speed_sigma_mps**2, H=H_SPEED
+        )
+        ll = ll + ll_v
+    # Keep the most likely candidates only (the silent-camera factors below can only lower them).
+    pre = (
+        hyps.lw[parents] + np.asarray([cd[4] + seen[cd[1][cd[2]]][2] for cd in cands], dtype=np.float64) + ll
+    )
+    if len(cands) > 2 * cfg.max_hypotheses:
+        top = np.sort(np.argsort(-pre, kind="stable")[: 2 * cfg.max_hypotheses])
+        cands = [cands[k] for k in top.tolist()]
+        x, P, ll, z = x[top], P[top], ll[top], z[top]
+    skip = frozenset(c for c in (camera_id, hyps.last_camera) if c is not None)
+    routes: list[tuple[int, ...]] = []
+    route_len: list[float] = []
+    last_start: list[float] = []
+    anchor: list[float] = []
+    lw: list[float] = []
+    for k, (i, route, j, c, extra) in enumerate(cands):
+        edge = route[j]
+        mid, _r, head_lw = seen[edge]
+        w = float(hyps.lw[i]) + extra + float(ll[k]) + head_lw
+        w += ctx.passed_log_factor(route, j, float(hyps.anchor[i]), float(z[k]), skip)
+        # Cut the route to start at the sighted edge and to end at the edge of the mean.
+        s_new = float(x[k, 0]) - c
+        x[k, 0] = s_new
+        cut_end = j
+        start = 0.0
+        while cut_end + 1 < len(route) and s_new >= start + lengths[route[cut_end]]:
+            start += lengths[route[cut_end]]
+            cut_end += 1
+        new_route = route[j : cut_end + 1]
+        routes.append(new_route)
+        route_len.append(start + lengths[route[cut_end]])
+        last_start.append(start)
+        anchor.append(mid)
+        lw.append(w)
+    merged = _merge_prune(
+        ctx,
+        routes,
+        route_len,
+        last_start,
+        anchor,
+        lw,
+        [0.0] * len(routes),
+        x,
+        P,
+        key_last_edge=True,
+    )
+    m_routes, m_len, m_last, m_anchor, m_lw, _m_neg, m_x, m_P = merged
+    lw_arr = np.asarray(m_lw, dtype=np.float64)
+    return Hypotheses(
+        t_s=hyps.t_s,
+        routes=tuple(m_routes),
+        route_len=np.asarray(m_len, dtype=np.float64),
+        last_start=np.asarray(m_last, dtype=np.float64),
+        x=m_x,
+        P=m_P,
+        lw=lw_arr - lw_arr.max(),
+        neg=np.zeros(len(m_routes), dtype=np.float64),
+        anchor=np.asarray(m_anchor, dtype=np.float64),
+        last_camera=camera_id,
+    )
+
+
+def _look_ahead(
+    ctx: Context,
+    end_edge: int,
+    reach_m: float,
+    seen: dict[int, tuple[float, float, float]],
+) -> list[tuple[tuple[int, ...], float, float]]:
+    """Paths (edges, distance to their last edge's start, log prior) from the head of
+    ``end_edge`` to a seen edge, depth first, up to ``reach_m``."""
+    cfg = ctx.config
+    lengths = ctx.roads.edge_len
+    floor = math.log(1e-4)
+    found: list[tuple[tuple[int, ...], float, float]] = []
+    stack: list[tuple[tuple[int, ...], float, float]] = [((), 0.0, 0.0)]
+    while stack:
+        path, dist, logp = stack.pop()
+        last = path[-1] if path else end_edge
+        for e, lp in ctx.branches(last):
+            total = logp + lp
+            if total < floor:
+                continue
+            new_path = (*path, e)
+            if e in seen:
+                found.append((new_path, dist, total))
+                continue
+            if len(new_path) < cfg.lookahead_max_edges and dist + lengths[e] < reach_m:
+                stack.append((new_path, dist + lengths[e], total))
+    return found

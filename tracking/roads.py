@@ -1,0 +1,99 @@
+"""Per-graph lookups the tracker needs fast: adjacency as lists, camera spans per edge,
+positions to coordinates, and network distances by length."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import scipy.sparse as sp
+from scipy.sparse.csgraph import dijkstra
+
+from map_data.network_types import CameraNetwork
+from map_data.types import CompiledGraph, FloatArray, IntArray, LonLat
+
+
+class RoadIndex:
+    """Precomputed, read-only views of a :class:`CompiledGraph` and its :class:`CameraNetwork`.
+
+    Built once per city and shared by every track of it.
+    """
+
+    def __init__(self, graph: CompiledGraph, cameras: CameraNetwork) -> None:
+        self.graph = graph
+        self.cameras = cameras
+        self.edge_len: list[float] = [float(v) for v in graph.edge_length_m]
+        self.edge_u: list[int] = [int(v) for v in graph.edge_u]
+        self.edge_v: list[int] = [int(v) for v in graph.edge_v]
+        self.out_list: list[list[int]] = [
+            [int(e) for e in graph.out_of(node)] for node in range(graph.n_nodes)
+        ]
+        #: edge -> ((camera_id, mid_m, start_m, end_m), ...)
+        self.edge_spans: dict[int, tuple[tuple[str, float, float, float], ...]] = {
+            int(e): tuple((cid, 0.5 * (a + b), a, b) for cid, a, b in spans)
+            for e, spans in cameras.on_edge.items()
+        }
+        # Polyline arc lengths, to place an offset on the drawn geometry.
+        xy = graph.geom_xy
+        seg = np.hypot(np.diff(xy[:, 0]), np.diff(xy[:, 1]))
+        self._arc = np.zeros(len(xy), dtype=np.float64)
+        for e in range(graph.n_edges):
+            a, b = int(graph.geom_ptr[e]), int(graph.geom_ptr[e + 1])
+            self._arc[a + 1 : b] = np.cumsum(seg[a : b - 1])
+        gu, gv, glen = graph.edge_u, graph.edge_v, np.maximum(graph.edge_length_m, 1e-3)
+        n = graph.n_nodes
+        self.length_csr = _min_csr(gu, gv, glen, n)
+        self.undirected_csr = _min_csr(
+            np.concatenate([gu, gv]), np.concatenate([gv, gu]), np.tile(glen, 2), n
+        )
+
+    def _point(self, edge: int, offset_m: float, coords: FloatArray) -> tuple[float, float, int]:
+        a, b = int(self.graph.geom_ptr[edge]), int(self.graph.geom_ptr[edge + 1])
+        arc = self._arc[a:b]
+        total = float(arc[-1])
+        length = self.edge_len[edge]
+        d = 0.0 if length <= 0 else min(max(offset_m, 0.0), length) / length * total
+        i = int(np.searchsorted(arc, d, side="right")) - 1
+        i = min(max(i, 0), b - a - 2)
+        span = float(arc[i + 1] - arc[i])
+        f = 0.0 if span <= 0 else (d - float(arc[i])) / span
+        p0, p1 = coords[a + i], coords[a + i + 1]
+        return float(p0[0] + f * (p1[0] - p0[0])), float(p0[1] + f * (p1[1] - p0[1])), a + i
+
+    def position_xy(self, edge: int, offset_m: float) -> tuple[float, float]:
+        """Projected metres of the point ``offset_m`` along ``edge``."""
+        x, y, _ = self._point(edge, offset_m, self.graph.geom_xy)
+        return x, y
+
+    def position_lonlat(self, edge: int, offset_m: float) -> LonLat:
+        """WGS84 of the point ``offset_m`` along ``edge``."""
+        lon, lat, _ = self._point(edge, offset_m, self.graph.geom_lonlat)
+        return LonLat(lon, lat)
+
+    def bearing_deg(self, edge: int, offset_m: float) -> float:
+        """Travel direction on ``edge`` at ``offset_m`` (0 = north, clockwise, degrees)."""
+        _, _, k = self._point(edge, offset_m, self.graph.geom_xy)
+        xy = self.graph.geom_xy
+        dx, dy = float(xy[k + 1, 0] - xy[k, 0]), float(xy[k + 1, 1] - xy[k, 1])
+        return math.degrees(math.atan2(dx, dy)) % 360.0
+
+    def directed_lengths_from(self, nodes: Sequence[int], *, limit_m: float | None = None) -> FloatArray:
+        """Shortest driving distance (m) from each of ``nodes`` to every node: ``(k, n)``."""
+        dist = dijkstra(
+            self.length_csr,
+            directed=True,
+            indices=np.asarray(nodes, dtype=np.int64),
+            limit=np.inf if limit_m is None else float(limit_m),
+        )
+        return np.atleast_2d(np.asarray(dist, dtype=np.float64))
+
+
+def _min_csr(u: IntArray, v: IntArray, w: FloatArray, n: int) -> sp.csr_matrix:
+    """CSR matrix holding, per ordered pair (u, v), the smallest of the weights given for it."""
+    order = np.lexsort((-w, v, u))
+    pu, pv = u[order], v[order]
+    last = np.ones(len(order), dtype=bool)
+    last[:-1] = (pu[1:] != pu[:-1]) | (pv[1:] != pv[:-1])
+    keep = order[last]
+    return sp.csr_matrix((w[keep], (u[keep], v[keep])), shape=(n, n))

@@ -1,0 +1,407 @@
+"""Trackers: one per incident (:class:`Tracker`), and the set of open incidents (:class:`Tracks`).
+
+A tracker keeps every sighting of its incident in time order. The belief at ``t`` is a pure
+function of the sightings observed up to ``t`` and of ``t``: the sightings are replayed in
+order (ties broken by ``source_event_id``), each accepted one conditioning the route
+hypotheses of :mod:`tracking.hypotheses`. The state after each sighting is cached, so a
+sighting arriving in order costs one step and a late one replays from where it belongs; both
+give exactly the same belief as if every sighting had come in order.
+
+For each sighting, in order:
+
+1. flag it (keep, do not condition) when it predates the incident, has a confidence below
+   ``min_confidence``, or lies farther by road from the last accepted sighting than
+   ``max_speed_mps`` allows in the elapsed time (``unreachable_in_time``);
+2. otherwise predict the hypotheses to its time and condition them on passing its camera;
+   the first sighting (or one no hypothesis can explain) initiates hypotheses at the camera.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from dataclasses import dataclass
+from datetime import datetime
+
+from map_data.network_types import City
+from map_data.types import EdgePosition, LonLat
+from tracking.behaviour import BranchContext, BranchModel, RoadBehaviour
+from tracking.config import TrackerConfig
+from tracking.errors import (
+    IncidentAlreadyOpenError,
+    NoBeliefError,
+    UnknownIncidentError,
+    WrongIncidentError,
+)
+from tracking.hypotheses import (
+    Context,
+    Hypotheses,
+    condition,
+    initiate_at_camera,
+    initiate_at_origin,
+    propagate,
+)
+from tracking.roads import RoadIndex
+from tracking.types import Belief, RouteProbability, Sighting, SightingFlag, TrackUpdate, WeightedPosition
+
+__all__ = ["Tracker", "TrackerConfig", "Tracks"]
+
+
+@dataclass(frozen=True, slots=True)
+class _Step:
+    """The outcome of replaying one sighting and the state after it."""
+
+    sighting: Sighting
+    t_s: float
+    accepted: bool
+    flag: SightingFlag | None
+    hyps: Hypotheses | None
+    last_camera_id: str | None
+    last_seen_at: datetime | None
+    n_accepted: int
+    origin_node: int | None
+
+
+def _check_aware(at: datetime, what: str) -> None:
+    if at.tzinfo is None or at.utcoffset() is None:
+        raise ValueError(f"{what} must be timezone-aware, got {at.isoformat()}")
+
+
+class Tracker:
+    """The track of one incident's suspect vehicle.
+
+    ``incident_id`` (adopted from the first sighting when omitted), ``opened_at`` (sightings
+    before it are flagged) and ``origin`` (the incident's position: the belief starts there
+    before any sighting, and drivers are taken to flee away from it) are optional.
+    ``roads`` lets several trackers of one city share the precomputed :class:`RoadIndex`.
+    """
+
+    def __init__(
+        self,
+        city: City,
+        *,
+        behaviour: BranchModel | None = None,
+        config: TrackerConfig | None = None,
+        incident_id: str | None = None,
+        opened_at: datetime | None = None,
+        origin: EdgePosition | None = None,
+        roads: RoadIndex | None = None,
+    ) -> None:
+        self.city = city
+        self.config = config or TrackerConfig()
+        self.roads = roads or RoadIndex(city.graph, city.cameras)
+        self.incident_id = incident_id
+        if opened_at is not None:
+            _check_aware(opened_at, "opened_at")
+        self.opened_at = opened_at
+        graph = city.graph
+        origin_xy: tuple[float, float] | None = None
+        self._origin_node: int | None = None
+        if origin is not None:
+            if not 0 <= origin.edge < graph.n_edges:
+                raise ValueError(
+                    f"origin edge {origin.edge} is not an edge of the graph ({graph.n_edges} edges)"
+                )
+            origin_xy = self.roads.position_xy(origin.edge, origin.offset_m)
+            half = origin.offset_m < 0.5 * graph.edge_length_m[origin.edge]
+            self._origin_node = int(graph.edge_u[origin.edge] if half else graph.edge_v[origin.edge])
+        self._ctx = Context(
+            self.roads, behaviour or RoadBehaviour(), BranchContext(origin_xy=origin_xy), self.config
+        )
+        self._initial: Hypotheses | None = None
+        if origin is not None and opened_at is not None:
+            self._initial = initiate_at_origin(self._ctx, opened_at.timestamp(), origin)
+        self._keys: list[tuple[float, str]] = []
+        self._steps: list[_Step] = []
+        self._outcome: dict[str, tuple[bool, SightingFlag | None]] = {}
+
+    # ------------------------------------------------------------------ updates
+
+    def update(self, sighting: Sighting) -> TrackUpdate:
+        """Take one sighting (in any order). The same ``source_event_id`` twice changes nothing.
+
+        Raises :class:`map_data.errors.UnknownCameraError` for a camera the city does not know and
+        :class:`tracking.errors.WrongIncidentError` for another incident's sighting.
+        """
+        if self.incident_id is None:
+            self.incident_id = sighting.incident_id
+        elif sighting.incident_id != self.incident_id:
+            raise WrongIncidentError(
+                f"sighting {sighting.source_event_id!r} is for incident {sighting.incident_id!r}, "
+                f"this tracker follows {self.incident_id!r}"
+            )
+        known = self._outcome.get(sighting.source_event_id)
+        if known is not None:
+            return TrackUpdate(
+                self.incident_id, sighting.source_event_id, known[0], duplicate=True, flag=known[1]
+            )
+        self.city.cameras.view(sighting.camera_id)  # UnknownCameraError
+        key = (sighting.observed_at.timestamp(), sighting.source_event_id)
+        pos = bisect.bisect(self._keys, key)
+        self._keys.insert(pos, key)
+        pending = [sighting] + [step.sighting for step in self._steps[pos:]]
+        del self._steps[pos:]
+        for s in pending:
+            step = self._process(self._steps[-1] if self._steps else None, s)
+            self._steps.append(step)
+            self._outcome[s.source_event_id] = (step.accepted, step.flag)
+        accepted, flag = self._outcome[sighting.source_event_id]
+        return TrackUpdate(
+            self.incident_id,
+            sighting.source_event_id,
+            accepted,
+            duplicate=False,
+            flag=flag,
+            replayed=len(pending),
+        )
+
+    def _process(self, prev: _Step | None, sighting: Sighting) -> _Step:
+        t_s = sighting.observed_at.timestamp()
+        hyps = prev.hyps if prev is not None else self._initial
+        last_cam = prev.last_camera_id if prev is not None else None
+        last_seen = prev.last_seen_at if prev is not None else None
+        n_acc = prev.n_accepted if prev is not None else 0
+        origin_node = prev.origin_node if prev is not None else self._origin_node
+        flag = self._flag(sighting, last_cam, last_seen)
+        if flag is not None:
+            return _Step(sighting, t_s, False, flag, hyps, last_cam, last_seen, n_acc, origin_node)
+        speed = None if sighting.speed_kmh is None else sighting.speed_kmh / 3.6
+        new: Hypotheses | None = None
+        if hyps is not None and hyps.last_camera is not None:
+            new = condition(
+                self._ctx,
+                propagate(self._ctx, hyps, t_s),
+                sighting.camera_id,
+                heading_deg=sighting.heading_deg,
+                speed_mps=speed,
+            )
+        if new is None:
+            new = initiate_at_camera(
+                self._ctx, t_s, sighting.camera_id, heading_deg=sighting.heading_deg, speed_mps=speed
+            )
+        if origin_node is None:
+            origin_node = self.roads.edge_u[self.city.cameras.view(sighting.camera_id).spans[0].edge]
+        return _Step(
+            sighting, t_s, True, None, new, sighting.camera_id, sighting.observed_at, n_acc + 1, origin_node
+        )
+
+    def _flag(
+        self, sighting: Sighting, last_cam: str | None, last_seen: datetime | None
+    ) -> SightingFlag | None:
+        cfg = self.config
+        if self.opened_at is not None and sighting.observed_at < self.opened_at:
+            return SightingFlag(
+                "before_incident_open",
+                f"observed at {sighting.observed_at.isoformat()}, "
+                f"incident opened at {self.opened_at.isoformat()}",
+            )
+        if sighting.confidence is not None and sighting.confidence < cfg.min_confidence:
+            return SightingFlag(
+                "low_confidence", f"confidence {sighting.confidence:.2f} below {cfg.min_confidence:.2f}"
+            )
+        if last_cam is None or last_seen is None:
+            return None
+        dt = (sighting.observed_at - last_seen).total_seconds()
+        dist = self.road_distance_m(
+            last_cam, sighting.camera_id, limit_m=cfg.max_speed_mps * dt + cfg.position_slack_m
+        )
+        excess = max(0.0, dist - cfg.position_slack_m)
+        if excess == 0.0:
+            return None
+        required = math.inf if dt <= 0 else excess / dt
+        if required > cfg.max_speed_mps:
+            shown = "unreachable" if math.isinf(dist) else f"{dist:.0f} m by road"
+            return SightingFlag(
+                "unreachable_in_time",
+                f"camera {sighting.camera_id!r} is {shown} from camera {last_cam!r} seen {dt:.1f} s earlier: "
+                f"needs {required:.1f} m/s, more than the maximum {cfg.max_speed_mps:.1f} m/s",
+            )
+        return None
+
+    def road_distance_m(self, from_camera: str, to_camera: str, *, limit_m: float | None = None) -> float:
+        """Shortest driving distance (m) from a stretch ``from_camera`` sees to one ``to_camera`` sees
+        (middle to middle); ``inf`` beyond ``limit_m``."""
+        if from_camera == to_camera:
+            return 0.0
+        views = self.city.cameras
+        src = views.view(from_camera).spans
+        dst = views.view(to_camera).spans
+        lengths = self.roads.edge_len
+        best = math.inf
+        for a in src:
+            for b in dst:
+                if a.edge == b.edge and b.start_m + b.end_m >= a.start_m + a.end_m:
+                    best = min(best, 0.5 * (b.start_m + b.end_m - a.start_m - a.end_m))
+        if limit_m is not None and limit_m <= 0:
+            return best
+        heads = sorted({self.roads.edge_v[a.edge] for a in src})
+        dist = self.roads.directed_lengths_from(heads, limit_m=limit_m)
+        row = {h: k for k, h in enumerate(heads)}
+        for a in src:
+            rem = lengths[a.edge] - 0.5 * (a.start_m + a.end_m)
+            d_row = dist[row[self.roads.edge_v[a.edge]]]
+            for b in dst:
+                total = rem + float(d_row[self.roads.edge_u[b.edge]]) + 0.5 * (b.start_m + b.end_m)
+                best = min(best, total)
+        if limit_m is not None and best > limit_m:
+            return math.inf
+        return best
+
+    # ------------------------------------------------------------------ queries
+
+    @property
+    def last_activity(self) -> datetime | None:
+        """Time of the latest sighting (any), else the opening time."""
+        if self._steps:
+            return max(step.sighting.observed_at for step in self._steps)
+        return self.opened_at
+
+    def sightings(self) -> tuple[tuple[Sighting, bool, SightingFlag | None], ...]:
+        """Every sighting in time order, with whether it was accepted and its flag."""
+        return tuple((step.sighting, step.accepted, step.flag) for step in self._steps)
+
+    def hypotheses(self, at: datetime) -> Hypotheses:
+        """The route hypotheses predicted to ``at`` (for inspection and tests)."""
+        _check_aware(at, "at")
+        t_s = at.timestamp()
+        k = bisect.bisect_right(self._keys, (t_s, "\U0010ffff"))
+        hyps = self._steps[k - 1].hyps if k > 0 else self._initial
+        if hyps is None or t_s < hyps.t_s:
+            raise NoBeliefError(
+                f"incident {self.incident_id!r}: no sighting up to {at.isoformat()} and no known origin"
+            )
+        return propagate(self._ctx, hyps, t_s)
+
+    def belief(self, at: datetime) -> Belief:
+        """Where the suspect is at ``at`` given the sightings observed up to ``at``.
+
+        Raises :class:`tracking.errors.NoBeliefError` when nothing is known yet.
+        """
+        hyps = self.hypotheses(at)
+        t_s = at.timestamp()
+        k = bisect.bisect_right(self._keys, (t_s, "\U0010ffff"))
+        step = self._steps[k - 1] if k > 0 else None
+        return self._summarise(hyps, at, step)
+
+    def _summarise(self, h: Hypotheses, at: datetime, step: _Step | None) -> Belief:
+        ctx = self._ctx
+        roads = self.roads
+        p = h.probabilities()
+        positions: list[WeightedPosition] = []
+        routes: dict[tuple[int, ...], float] = {}
+        lon = lat = 0.0
+        sin_h = cos_h = 0.0
+        driven = h.x[:, 0] - h.anchor
+        for i, route in enumerate(h.routes):
+            s = float(h.x[i, 0])
+            edge, offset, k, _start = ctx.locate(route, s)
+            pi = float(p[i])
+            positions.append(WeightedPosition(edge, offset, pi, float(h.x[i, 1])))
+            prefix = route[: k + 1]
+            routes[prefix] = routes.get(prefix, 0.0) + pi
+            ll = roads.position_lonlat(edge, offset)
+            lon += pi * ll.lon
+            lat += pi * ll.lat
+            b = math.radians(roads.bearing_deg(edge, offset))
+            sin_h += pi * math.sin(b)
+            cos_h += pi * math.cos(b)
+        positions.sort(key=lambda wp: (-wp.probability, wp.edge, wp.offset_m))
+        mean_d = float(p @ driven)
+        var_d = float(p @ (h.P[:, 0, 0] + (driven - mean_d) ** 2))
+        v = h.x[:, 1]
+        mean_v = float(p @ v)
+        var_v = float(p @ (h.P[:, 1, 1] + (v - mean_v) ** 2))
+        top = sorted(routes.items(), key=lambda kv: (-kv[1], kv[0]))[: self.config.top_routes]
+        if step is not None and step.last_seen_at is not None:
+            since = (at - step.last_seen_at).total_seconds()
+        else:
+            since = (at - self.opened_at).total_seconds() if self.opened_at is not None else 0.0
+        origin_node = step.origin_node if step is not None else self._origin_node
+        return Belief(
+            incident_id=self.incident_id or "",
+            at=at,
+            positions=tuple(positions),
+            mean_lonlat=LonLat(lon, lat),
+            sigma_along_m=math.sqrt(max(var_d, 0.0)),
+            speed_mps=mean_v,
+            speed_sigma_mps=math.sqrt(max(var_v, 0.0)),
+            heading_deg=math.degrees(math.atan2(sin_h, cos_h)) % 360.0,
+            since_last_sighting_s=since,
+            top_routes=tuple(RouteProbability(r, pr) for r, pr in top),
+            last_camera_id=step.last_camera_id if step is not None else None,
+            last_seen_at=step.last_seen_at if step is not None else None,
+            origin_node=int(origin_node) if origin_node is not None else -1,
+            n_sightings=step.n_accepted if step is not None else 0,
+        )
+
+
+class Tracks:
+    """The tracks of every open incident of one city; each incident is its own :class:`Tracker`."""
+
+    def __init__(
+        self,
+        city: City,
+        *,
+        behaviour: BranchModel | None = None,
+        config: TrackerConfig | None = None,
+    ) -> None:
+        self.city = city
+        self.config = config or TrackerConfig()
+        self._behaviour = behaviour
+        self._roads = RoadIndex(city.graph, city.cameras)
+        self._tracks: dict[str, Tracker] = {}
+
+    def open(self, incident_id: str, at: datetime, origin: EdgePosition | None = None) -> Tracker:
+        """Open an incident at ``at`` (optionally at its position ``origin``) and return its tracker."""
+        _check_aware(at, "at")
+        if incident_id in self._tracks:
+            raise IncidentAlreadyOpenError(f"incident {incident_id!r} is already open")
+        tracker = Tracker(
+            self.city,
+            behaviour=self._behaviour,
+            config=self.config,
+            incident_id=incident_id,
+            opened_at=at,
+            origin=origin,
+            roads=self._roads,
+        )
+        self._tracks[incident_id] = tracker
+        return tracker
+
+    def tracker(self, incident_id: str) -> Tracker:
+        """The tracker of an open incident; :class:`UnknownIncidentError` otherwise."""
+        try:
+            return self._tracks[incident_id]
+        except KeyError:
+            raise UnknownIncidentError(f"incident {incident_id!r} is not open") from None
+
+    def update(self, sighting: Sighting) -> TrackUpdate:
+        """Give a sighting to its incident's tracker."""
+        return self.tracker(sighting.incident_id).update(sighting)
+
+    def belief(self, incident_id: str, at: datetime) -> Belief:
+        return self.tracker(incident_id).belief(at)
+
+    def close(self, incident_id: str) -> None:
+        """End an incident's track."""
+        self.tracker(incident_id)
+        del self._tracks[incident_id]
+
+    def expire(self, at: datetime) -> list[str]:
+        """Close (and return, sorted) the incidents silent for more than ``silence_timeout_s`` at ``at``."""
+        _check_aware(at, "at")
+        gone: list[str] = []
+        for incident_id, tracker in self._tracks.items():
+            last = tracker.last_activity
+            if last is not None and (at - last).total_seconds() > self.config.silence_timeout_s:
+                gone.append(incident_id)
+        gone.sort()
+        for incident_id in gone:
+            del self._tracks[incident_id]
+        return gone
+
+    def incident_ids(self) -> tuple[str, ...]:
+        return tuple(sorted(self._tracks))
+
+    def __contains__(self, incident_id: object) -> bool:
+        return incident_id in self._tracks
