@@ -1,0 +1,848 @@
+"""The Cordon HTTP and websocket server: ``create_app(config) -> FastAPI``.
+
+Thin by design: decode (pydantic models of :mod:`serving.messages`), authorise
+(:mod:`serving.auth`), call :class:`serving.service.DispatchService` (which drives the core's
+Coordinator), encode. Resources are built in the lifespan and kept on ``app.state``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import json
+import logging
+import re
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Body, Depends, FastAPI, HTTPException, Query, Request, WebSocket
+from fastapi import Path as FPath
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from pydantic import ValidationError
+from redis.exceptions import RedisError
+from starlette.websockets import WebSocketDisconnect, WebSocketState
+
+from map_data.network_types import City
+from serving import messages as m
+from serving.asyncapi import asyncapi_document
+from serving.auth import (
+    ALL_COMMUNES,
+    Action,
+    Authenticator,
+    AuthError,
+    InMemoryRevocationList,
+    NotVisible,
+    Policy,
+    Principal,
+    Resource,
+    Role,
+    StaticKeys,
+    TokenIssuer,
+    check,
+    token_from_request,
+)
+from serving.bus import Bus, InProcessBus, RedisBus
+from serving.clock import Clock, SimulationClock, WallClock
+from serving.config import ServerConfig
+from serving.hub import Connection, Hub
+from serving.limits import BodySizeLimitMiddleware
+from serving.metrics import Metrics
+from serving.service import Actor, AuditSink, CoordinatorLike, DispatchService, MemoryAudit, ServiceError
+from serving.state import MemoryState, RedisState, StateStore
+from tracking.types import Sighting, SourceKind
+
+log = logging.getLogger("cordon.server")
+
+ROOT = Path(__file__).resolve().parent
+CoordinatorFactory = Callable[[City], CoordinatorLike]
+
+
+def _default_coordinator(city: City) -> CoordinatorLike:
+    coordinator: CoordinatorLike = importlib.import_module("guidance.coordinator").Coordinator(city)
+    return coordinator
+
+
+def load_city_for(config: ServerConfig) -> City:
+    """The configured map, or the embedded generated city."""
+    if config.map_path is None:
+        from map_data.city import default_city
+
+        return default_city(n_crossings=config.n_crossings, seed=config.city_seed)
+    from map_data.city import load_city
+
+    return load_city(
+        config.map_path,
+        cameras_path=config.cameras_path,
+        communes_path=config.communes_path,
+        cache_dir=config.data_dir / "cache",
+    )
+
+
+def open_audit(config: ServerConfig) -> AuditSink:
+    if config.audit_db == "memory":
+        return MemoryAudit()
+    from serving.audit import open_audit_log
+
+    url = config.audit_db
+    if url is None:
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        url = str(config.data_dir / "audit.sqlite")
+    log_: AuditSink = open_audit_log(url)
+    return log_
+
+
+class Principals:
+    """Authentication and the demo token issuer of one app."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.issuer = TokenIssuer(
+            issuer=config.issuer, audience=config.audience, key=config.token_secret, algorithm="HS256"
+        )
+        self.authenticator = Authenticator(
+            keys=StaticKeys(
+                keys={self.issuer.key_id: config.token_secret}, algorithms={self.issuer.key_id: "HS256"}
+            ),
+            issuer=config.issuer,
+            audience=config.audience,
+            revocations=InMemoryRevocationList(),
+            clock=WallClock().now,  # tokens live in wall time, even under a simulation clock
+            tenant=config.tenant,  # a simulation token never reaches a live server (and vice versa)
+        )
+        self.policy = Policy()
+        self.tenant = config.tenant
+
+    def issue(
+        self, role: Role, communes: list[str], *, crew_id: str | None = None, ttl_s: int = 12 * 3600
+    ) -> str:
+        names = "-".join("all" if c == ALL_COMMUNES else c for c in communes) or "none"
+        subject = crew_id if crew_id else re.sub(r"[^A-Za-z0-9_.:@/-]", "_", f"{role.value}-{names}")
+        return self.issuer.issue(
+            subject[:128],
+            role,
+            communes,
+            now=WallClock().now(),
+            crew_id=crew_id,
+            tenant=self.tenant,
+            ttl_s=ttl_s,
+        )
+
+
+def actor_of(principal: Principal) -> Actor:
+    return Actor(
+        subject=principal.subject,
+        role=principal.role.value,
+        communes=None if principal.sees_all_communes() else frozenset(principal.communes),
+        crew_id=principal.crew_id,
+    )
+
+
+def _error(
+    status: int, code: m.ErrorCode, message: str, detail: list[dict[str, Any]] | None = None
+) -> JSONResponse:
+    body = m.ErrorBody(code=code, message=message, detail=detail)
+    return JSONResponse(body.model_dump(mode="json", exclude_none=True), status_code=status)
+
+
+_UNION_TAGS: dict[str, type] = {"Sighting": dict, "list[Sighting]": list}
+
+
+def _validation_detail(exc: RequestValidationError) -> list[dict[str, Any]]:
+    """Errors with their field path; for a ``Sighting | list[Sighting]`` body only the errors of
+    the branch the client meant (an object or an array), with the union's tag removed."""
+    out = []
+    body = getattr(exc, "body", None)
+    for err in exc.errors():
+        loc = [str(p) for p in err.get("loc", ())]
+        if len(loc) > 1 and loc[0] == "body" and loc[1] in _UNION_TAGS:
+            if not isinstance(body, _UNION_TAGS[loc[1]]):
+                continue
+            loc = [loc[0], *loc[2:]]
+        out.append({"loc": loc, "msg": str(err.get("msg")), "type": str(err.get("type"))})
+    return out
+
+
+def _principal_dep(request: Request) -> Principal:
+    principals: Principals = request.app.state.principals
+    try:
+        token = token_from_request(request.headers.get("authorization"), None)
+        return principals.authenticator.verify(token)
+    except AuthError as exc:
+        raise HTTPException(
+            401, detail=f"invalid token: {exc.failure.value}", headers={"WWW-Authenticate": "Bearer"}
+        ) from exc
+
+
+def _service_dep(request: Request) -> DispatchService:
+    service: DispatchService = request.app.state.service
+    return service
+
+
+Auth = Annotated[Principal, Depends(_principal_dep)]
+Svc = Annotated[DispatchService, Depends(_service_dep)]
+
+
+def create_app(
+    config: ServerConfig | None = None,
+    *,
+    city: City | None = None,
+    coordinator_factory: CoordinatorFactory | None = None,
+    audit: AuditSink | None = None,
+    clock: Clock | None = None,
+) -> FastAPI:
+    """Build the app; heavy resources (city, coordinator, bus, state) are made in the lifespan."""
+    config = config or ServerConfig()
+    principals = Principals(config)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        the_clock: Clock = clock or (SimulationClock() if config.clock == "simulation" else WallClock())
+        the_city: City = city if city is not None else await asyncio.to_thread(load_city_for, config)
+        coordinator = (coordinator_factory or _default_coordinator)(the_city)
+        state: StateStore
+        bus: Bus
+        if config.redis_url:
+            state = RedisState.from_url(config.redis_url, prefix=config.redis_prefix)
+            bus = RedisBus.from_url(config.redis_url, consumer=config.worker_id, prefix=config.redis_prefix)
+            bus.claim_idle_ms = config.claim_idle_ms
+        else:
+            state = MemoryState()
+            bus = InProcessBus()
+        metrics = Metrics()
+        hub = Hub(queue_size=config.queue_size, now=lambda: the_clock.now().isoformat())
+        service = DispatchService(
+            city=the_city,
+            coordinator=coordinator,
+            state=state,
+            bus=bus,
+            hub=hub,
+            clock=the_clock,
+            audit=audit or open_audit(config),
+            metrics=metrics,
+            worker_id=config.worker_id,
+            default_mode=config.dispatch_mode,
+        )
+        app.state.config = config
+        app.state.city = the_city
+        app.state.service = service
+        app.state.hub = hub
+        app.state.metrics = metrics
+        app.state.clock = the_clock
+        app.state.principals = principals
+        app.state.streets = None
+        if config.demo and config.demo_crews > 0 and not config.redis_url:
+            await _park_demo_crews(service, config.demo_crews)
+        runner = asyncio.create_task(service.run(), name="cordon-service")
+        log.info(
+            "cordon worker %s ready (bus=%s, state=%s, clock=%s)",
+            config.worker_id,
+            bus.name,
+            state.name,
+            the_clock.name,
+        )
+        try:
+            yield
+        finally:
+            runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await runner
+            await hub.close_all()
+            service.shutdown()
+            await bus.close()
+            await state.close()
+            close = getattr(service.audit, "close", None)
+            if close is not None:
+                with contextlib.suppress(Exception):
+                    close()
+
+    app = FastAPI(
+        title="Cordon",
+        version="0.1.0",
+        summary="Dispatch guidance for a CSU: sightings in, interception suggestions out.",
+        lifespan=lifespan,
+    )
+    app.state.principals = principals
+
+    @app.exception_handler(ServiceError)
+    async def service_error(request: Request, exc: ServiceError) -> JSONResponse:
+        log.info("refused %s %s: %s %s", request.method, request.url.path, exc.code.value, exc.message)
+        return _error(exc.status, exc.code, exc.message)
+
+    @app.exception_handler(RedisError)
+    async def redis_down(request: Request, exc: RedisError) -> JSONResponse:
+        log.warning("redis unavailable on %s %s: %s", request.method, request.url.path, exc)
+        return _error(503, m.ErrorCode.unavailable, "state store unavailable; retry")
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        detail = _validation_detail(exc)
+        log.info("invalid body on %s %s: %s", request.method, request.url.path, detail)
+        return _error(422, m.ErrorCode.invalid_message, "invalid request", detail)
+
+    # 413 on a declared or streamed body above the limit (serving/limits.py, access area).
+    app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=config.max_body_bytes)
+
+    def allow(principal: Principal, action: Action, resource: Resource | None = None) -> None:
+        try:
+            check(principal, action, resource, policy=principals.policy)
+        except PermissionError as exc:
+            raise HTTPException(403, detail=str(exc)) from exc
+        except NotVisible as exc:
+            raise ServiceError(404, m.ErrorCode.unknown_incident, "not found") from exc
+
+    async def incident_resource(
+        service: DispatchService, incident_id: str, principal: Principal, action: Action
+    ) -> dict[str, Any]:
+        try:
+            info = await service.incident(incident_id)
+        except ServiceError:
+            allow(principal, action)
+            raise
+        communes = service.communes_of(info)
+        resource = Resource(tenant=principals.tenant, communes=frozenset(communes))
+        try:
+            check(principal, action, resource, policy=principals.policy)
+        except PermissionError as exc:
+            raise HTTPException(403, detail=str(exc)) from exc
+        except NotVisible as exc:
+            raise ServiceError(
+                404, m.ErrorCode.unknown_incident, f"unknown incident {incident_id!r}"
+            ) from exc
+        return info
+
+    api = APIRouter(prefix="/api")
+
+    @api.get("/health", response_model=m.Health)
+    async def health(request: Request) -> m.Health:
+        service: DispatchService = request.app.state.service
+        ok = await service.state.ping()
+        return m.Health(
+            status="ok" if ok else "degraded",
+            bus=service.bus.name,
+            state=service.state.name,
+            worker_id=config.worker_id,
+            clock=service.clock.name,
+            now=service.now(),
+            incidents=len(await service.state.incidents()) if ok else 0,
+            connections=len(service.hub),
+        )
+
+    @api.post("/incidents", status_code=201, response_model=m.IncidentInfo)
+    async def open_incident(body: m.IncidentOpen, principal: Auth, service: Svc) -> dict[str, Any]:
+        allow(principal, Action.open_incident)
+        actor = actor_of(principal)
+        commune = body.commune
+        if commune is not None:
+            allow(
+                principal,
+                Action.open_incident,
+                Resource(tenant=principals.tenant, communes=frozenset({commune})),
+            )
+        info = await service.open_incident(body, actor)
+        return _public(info)
+
+    @api.get("/incidents", response_model=list[m.IncidentInfo])
+    async def list_incidents(principal: Auth, service: Svc) -> list[dict[str, Any]]:
+        allow(principal, Action.read_incident)
+        actor = actor_of(principal)
+        return [
+            _public(i)
+            for i in await service.state.incidents()
+            if actor.communes is None or actor.communes.intersection(service.communes_of(i))
+        ]
+
+    @api.get("/incidents/{incident_id}", response_model=m.IncidentInfo)
+    async def get_incident(incident_id: str, principal: Auth, service: Svc) -> dict[str, Any]:
+        return _public(await incident_resource(service, incident_id, principal, Action.read_incident))
+
+    @api.post("/incidents/{incident_id}/close", response_model=m.IncidentInfo)
+    async def close_incident(incident_id: str, principal: Auth, service: Svc) -> dict[str, Any]:
+        await incident_resource(service, incident_id, principal, Action.close_incident)
+        return _public(await service.close_incident(incident_id, actor_of(principal)))
+
+    @api.post("/incidents/{incident_id}/share", response_model=m.IncidentInfo)
+    async def share_incident(
+        incident_id: str, body: m.IncidentShare, principal: Auth, service: Svc
+    ) -> dict[str, Any]:
+        await incident_resource(service, incident_id, principal, Action.share_incident)
+        return _public(await service.share_incident(incident_id, body.communes, actor_of(principal)))
+
+    @api.get("/incidents/{incident_id}/state")
+    async def incident_state(incident_id: str, principal: Auth, service: Svc) -> dict[str, Any]:
+        """The incident's track belief, suggestions (GeoJSON), escape prediction (GeoJSON) and plan."""
+        await incident_resource(service, incident_id, principal, Action.read_incident)
+        return await service.incident_state(incident_id)
+
+    @api.post(
+        "/sightings",
+        status_code=202,
+        response_model=m.SightingAck | m.SightingBatchAck,
+        responses={200: {"model": m.SightingAck, "description": "a duplicate (same source_event_id)"}},
+    )
+    async def post_sightings(
+        principal: Auth,
+        service: Svc,
+        body: Annotated[Sighting | list[Sighting], Body()],
+    ) -> JSONResponse:
+        """One sighting, or a batch (a JSON array). Idempotent on ``source_event_id``."""
+        allow(principal, Action.post_sighting)
+        items = body if isinstance(body, list) else [body]
+        if len(items) > 500:
+            raise ServiceError(413, m.ErrorCode.too_large, f"batch of {len(items)} sightings (max 500)")
+        for i, s in enumerate(items):  # every item checked before any is queued
+            if (
+                s.source_kind is SourceKind.simulation
+                and principals.tenant != "simulation"
+                and not config.demo
+            ):
+                raise ServiceError(
+                    422, m.ErrorCode.invalid_message, f"item {i}: simulation sightings refused in live mode"
+                )
+            try:
+                service.city.cameras.view(s.camera_id)
+            except KeyError:
+                where = f"item {i}: " if isinstance(body, list) else ""
+                raise ServiceError(
+                    422, m.ErrorCode.unknown_camera, f"{where}unknown camera {s.camera_id!r}"
+                ) from None
+            await incident_resource(service, s.incident_id, principal, Action.post_sighting)
+        actor = actor_of(principal)
+        acks = [await service.submit_sighting(s, actor) for s in items]
+        if isinstance(body, list):
+            return JSONResponse(m.SightingBatchAck(results=acks).model_dump(mode="json"), status_code=202)
+        ack = acks[0]
+        return JSONResponse(ack.model_dump(mode="json"), status_code=200 if ack.duplicate else 202)
+
+    @api.put("/crews/{crew_id}", response_model=m.CrewBody)
+    async def put_crew(
+        crew_id: Annotated[str, FPath(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")],
+        body: m.CrewReport,
+        principal: Auth,
+        service: Svc,
+    ) -> dict[str, Any]:
+        """A crew's position and status (tablets may send the same over their websocket)."""
+        existing = await service.state.get_crew(crew_id)
+        commune = body.commune or (existing or {}).get("commune")
+        allow(principal, Action.post_crew_position, Resource.crew(crew_id, commune, tenant=principals.tenant))
+        return await service.report_crew(
+            crew_id,
+            lon=body.lon,
+            lat=body.lat,
+            heading_deg=body.heading_deg,
+            status=body.status,
+            commune=body.commune,
+            actor=actor_of(principal),
+        )
+
+    @api.get("/crews", response_model=list[m.CrewBody])
+    async def list_crews(principal: Auth, service: Svc) -> list[dict[str, Any]]:
+        allow(principal, Action.read_crews)
+        snap = await service.operator_snapshot(actor_of(principal))
+        crews: list[dict[str, Any]] = snap["crews"]
+        return crews
+
+    @api.put("/communes/{commune}/dispatch-mode", response_model=m.DispatchModeBody)
+    async def set_dispatch_mode(
+        commune: str, body: m.DispatchModeBody, principal: Auth, service: Svc
+    ) -> m.DispatchModeBody:
+        """``direct``: suggestions reach crews at once; ``approval``: only once an operator approves."""
+        allow(
+            principal,
+            Action.operator_approve,
+            Resource(tenant=principals.tenant, communes=frozenset({commune})),
+        )
+        await service.set_mode(commune, body.mode, actor_of(principal))
+        return body
+
+    @api.get("/map/streets.geojson")
+    async def streets(request: Request) -> Response:
+        """The city's streets (one LineString per two-way pair), for drawing without tiles."""
+        if request.app.state.streets is None:
+            request.app.state.streets = json.dumps(_streets_geojson(request.app.state.city)).encode()
+        return Response(request.app.state.streets, media_type="application/geo+json")
+
+    @api.get("/map/cameras.geojson")
+    async def cameras(request: Request) -> Response:
+        city: City = request.app.state.city
+        features = [
+            {
+                "type": "Feature",
+                "geometry": {"type": "Point", "coordinates": [c.lon, c.lat]},
+                "properties": {
+                    "camera_id": c.camera_id,
+                    "commune": c.commune,
+                    "label": c.label,
+                    "heading_deg": c.heading_deg,
+                },
+            }
+            for c in city.cameras.cameras.values()
+        ]
+        return JSONResponse(
+            {"type": "FeatureCollection", "features": features}, media_type="application/geo+json"
+        )
+
+    @api.post("/sim/time", response_model=m.SimTime)
+    async def sim_time(body: m.SimTime, principal: Auth, request: Request) -> m.SimTime:
+        """Set the server's clock (simulation mode only): a simulator drives time."""
+        the_clock = request.app.state.clock
+        if not isinstance(the_clock, SimulationClock):
+            raise ServiceError(
+                409,
+                m.ErrorCode.forbidden,
+                "the server runs on the wall clock (start it with --clock simulation)",
+            )
+        allow(principal, Action.sim_control)
+        return m.SimTime(now=the_clock.set(body.now))
+
+    if config.demo:
+
+        @api.get("/dev/tokens", tags=["demo only"])
+        async def dev_tokens(
+            role: Literal["operator", "crew", "supervisor", "trainer"] = "operator",
+            crew_id: Annotated[str | None, Query(max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")] = None,
+            communes: str = ALL_COMMUNES,
+        ) -> dict[str, str]:
+            """DEMO MODE ONLY: mint a token without credentials. Absent unless the server runs as
+            the embedded demo (``cordon serve`` with no options / ``--demo``)."""
+            names = [c for c in communes.split(",") if c]
+            try:
+                token = principals.issue(Role(role), names, crew_id=crew_id if role == "crew" else None)
+            except ValueError as exc:
+                raise ServiceError(422, m.ErrorCode.invalid_message, str(exc)) from exc
+            return {"token": token, "warning": "demo token: this endpoint exists only in demo mode"}
+
+    app.include_router(api)
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics(request: Request) -> Response:
+        return Response(request.app.state.metrics.render(), media_type="text/plain; version=0.0.4")
+
+    @app.get("/asyncapi.json", include_in_schema=False)
+    async def asyncapi() -> dict[str, Any]:
+        return asyncapi_document()
+
+    # ------------------------------------------------------------------------------------------
+    # Websockets
+
+    async def ws_principal(websocket: WebSocket) -> Principal | None:
+        """The token from ``?token=`` / the Authorization header, or a first ``auth`` message."""
+        try:
+            token = token_from_request(
+                websocket.headers.get("authorization"), websocket.query_params.get("token")
+            )
+        except AuthError:
+            token = None
+        if token is None:
+            await websocket.accept()
+            try:
+                raw = await asyncio.wait_for(websocket.receive_text(), config.auth_timeout_s)
+                token = m.AuthMsg.model_validate_json(raw).token
+            except (TimeoutError, ValidationError, WebSocketDisconnect, RuntimeError):
+                await _close(websocket, 1008, "authenticate first: ?token= or an auth message")
+                return None
+        try:
+            return principals.authenticator.verify(token)
+        except AuthError as exc:
+            await _accept_close(websocket, 1008, f"invalid token: {exc.failure.value}")
+            return None
+
+    async def send_error(
+        conn: Connection, hub: Hub, code: m.ErrorCode, message: str, ref: str | None = None
+    ) -> None:
+        msg: dict[str, Any] = {"type": "error", "code": code.value, "message": message, "ref": ref}
+        if conn.crew_id is not None:
+            msg["seq"] = conn.last_crew_seq
+            hub.enqueue_direct(conn, msg)
+        else:
+            hub.enqueue(conn, msg)
+
+    @app.websocket("/ws/crew")
+    async def crew_socket(websocket: WebSocket, last_seq: int | None = None) -> None:
+        """A crew tablet. Resume with ``?last_seq=N`` (or a ``resume`` message)."""
+        principal = await ws_principal(websocket)
+        if principal is None:
+            return
+        if principal.crew_id is None or principal.role not in (Role.crew, Role.trainer):
+            await _accept_close(websocket, 1008, "a crew token is needed")
+            return
+        service: DispatchService = websocket.app.state.service
+        hub: Hub = websocket.app.state.hub
+        metrics: Metrics = websocket.app.state.metrics
+        if websocket.application_state is WebSocketState.CONNECTING:
+            await websocket.accept()
+        crew_id = principal.crew_id
+        actor = actor_of(principal)
+        conn = hub.add(
+            role="crew",
+            subject=principal.subject,
+            send=websocket.send_text,
+            close=_closer(websocket),
+            crew_id=crew_id,
+        )
+        metrics.connections.labels("crew").inc()
+        try:
+            await _crew_resume(service, hub, conn, last_seq)
+            while True:
+                raw = await websocket.receive_text()
+                try:
+                    msg = m.crew_client_adapter.validate_json(raw)
+                except ValidationError as exc:
+                    await send_error(conn, hub, m.ErrorCode.invalid_message, _short(exc))
+                    metrics.ws_errors.labels("invalid_message").inc()
+                    continue
+                metrics.ws_messages_in.labels("crew", msg.type).inc()
+                try:
+                    await _crew_message(service, hub, conn, actor, msg)
+                except ServiceError as exc:
+                    metrics.ws_errors.labels(exc.code.value).inc()
+                    await send_error(conn, hub, exc.code, exc.message, getattr(msg, "suggestion_id", None))
+        except WebSocketDisconnect:
+            pass
+        finally:
+            metrics.connections.labels("crew").dec()
+            await hub.remove(conn)
+
+    @app.websocket("/ws/operator")
+    async def operator_socket(websocket: WebSocket) -> None:
+        """An operator console: everything in the operator's communes."""
+        principal = await ws_principal(websocket)
+        if principal is None:
+            return
+        if principal.role not in (Role.operator, Role.supervisor, Role.trainer):
+            await _accept_close(websocket, 1008, "an operator token is needed")
+            return
+        service: DispatchService = websocket.app.state.service
+        hub: Hub = websocket.app.state.hub
+        metrics: Metrics = websocket.app.state.metrics
+        if websocket.application_state is WebSocketState.CONNECTING:
+            await websocket.accept()
+        actor = actor_of(principal)
+        conn = hub.add(
+            role="operator",
+            subject=principal.subject,
+            send=websocket.send_text,
+            close=_closer(websocket),
+            communes=actor.communes,
+        )
+        metrics.connections.labels("operator").inc()
+        try:
+            snap = await service.operator_snapshot(actor)
+            hub.enqueue(conn, {"type": "snapshot", "reason": "connect", **snap})
+            while True:
+                raw = await websocket.receive_text()
+                try:
+                    msg = m.operator_client_adapter.validate_json(raw)
+                except ValidationError as exc:
+                    metrics.ws_errors.labels("invalid_message").inc()
+                    await send_error(conn, hub, m.ErrorCode.invalid_message, _short(exc))
+                    continue
+                metrics.ws_messages_in.labels("operator", msg.type).inc()
+                try:
+                    await _operator_message(service, hub, conn, principal, principals, msg)
+                except ServiceError as exc:
+                    metrics.ws_errors.labels(exc.code.value).inc()
+                    await send_error(conn, hub, exc.code, exc.message, getattr(msg, "suggestion_id", None))
+        except WebSocketDisconnect:
+            pass
+        finally:
+            metrics.connections.labels("operator").dec()
+            await hub.remove(conn)
+
+    _mount_static(app, config)
+    return app
+
+
+async def _park_demo_crews(service: DispatchService, n: int) -> None:
+    """Demo mode: ``n`` crews parked at crossings spread over the map (``DEMO-01``...), so the
+    console shows crews and plans have someone to send even before any tablet connects."""
+    graph = service.city.graph
+    system = Actor("cordon-demo", "system", None)
+    for i in range(n):
+        node = (i * 7919 + 13) % graph.n_nodes
+        lon, lat = graph.node_lonlat[node]
+        await service.report_crew(
+            f"DEMO-{i + 1:02d}",
+            lon=float(lon),
+            lat=float(lat),
+            heading_deg=None,
+            status=m.CrewStatusName.available,
+            commune=graph.node_commune[node],
+            actor=system,
+        )
+
+
+async def _crew_resume(service: DispatchService, hub: Hub, conn: Connection, last_seq: int | None) -> None:
+    """Send what the tablet missed since ``last_seq``, or a snapshot, then release held messages."""
+    assert conn.crew_id is not None
+    conn.ready = False
+    got = None if last_seq is None else await service.state.crew_since(conn.crew_id, last_seq)
+    if got is None:
+        current = await service.state.crew_seq(conn.crew_id)
+        suggestions = await service.crew_snapshot(conn.crew_id)
+        reason = "connect" if last_seq is None else "gap"
+        hub.enqueue_direct(
+            conn, {"type": "snapshot", "seq": current, "reason": reason, "suggestions": suggestions}
+        )
+        conn.last_crew_seq = current
+    else:
+        _current, missing = got
+        conn.last_crew_seq = min(conn.last_crew_seq, last_seq or 0) if conn.ready else (last_seq or 0)
+        for message in missing:
+            if _expired(message, service):
+                continue  # an expired suggestion is never presented as current
+            hub.enqueue(conn, message)
+        conn.last_crew_seq = max(conn.last_crew_seq, _current)
+    hub.release(conn)
+
+
+def _expired(message: dict[str, Any], service: DispatchService) -> bool:
+    expires = message.get("expires_at")
+    if expires is None:
+        return False
+    from datetime import datetime
+
+    return datetime.fromisoformat(expires) <= service.now()
+
+
+async def _crew_message(service: DispatchService, hub: Hub, conn: Connection, actor: Actor, msg: Any) -> None:
+    assert conn.crew_id is not None
+    if isinstance(msg, m.ResumeMsg):
+        await _crew_resume(service, hub, conn, msg.last_seq)
+    elif isinstance(msg, m.PositionMsg):
+        await service.report_crew(
+            conn.crew_id,
+            lon=msg.lon,
+            lat=msg.lat,
+            heading_deg=msg.heading_deg,
+            status=None,
+            commune=None,
+            actor=actor,
+        )
+    elif isinstance(msg, m.StatusMsg):
+        await service.report_crew(
+            conn.crew_id, lon=None, lat=None, heading_deg=None, status=msg.status, commune=None, actor=actor
+        )
+    elif isinstance(msg, m.AcceptMsg):
+        await service.crew_decision(actor, "accept", msg.suggestion_id)
+    elif isinstance(msg, m.DeclineMsg):
+        await service.crew_decision(actor, "decline", msg.suggestion_id, reason=msg.reason)
+    elif isinstance(msg, m.InPositionMsg):
+        await service.crew_decision(actor, "in_position", msg.suggestion_id)
+    elif isinstance(msg, m.ContactMsg):
+        await service.crew_decision(actor, "contact", msg.suggestion_id, incident_id=msg.incident_id)
+    elif isinstance(msg, m.AuthMsg):
+        pass  # already authenticated
+
+
+async def _operator_message(
+    service: DispatchService,
+    hub: Hub,
+    conn: Connection,
+    principal: Principal,
+    principals: Principals,
+    msg: Any,
+) -> None:
+    actor = actor_of(principal)
+    action = {
+        "approve": Action.operator_approve,
+        "modify": Action.operator_modify,
+        "retract": Action.operator_retract,
+        "sighting": Action.post_sighting,
+    }.get(msg.type)
+    if action is not None and not principals.policy.allowed(principal, action):
+        raise ServiceError(403, m.ErrorCode.forbidden, f"role {principal.role.value} may not {action.value}")
+    if isinstance(msg, m.ResumeMsg):
+        snap = await service.operator_snapshot(actor)
+        hub.enqueue(conn, {"type": "snapshot", "reason": "gap", **snap})
+    elif isinstance(msg, m.ApproveMsg | m.ModifyMsg | m.RetractMsg):
+        await service.operator_decision(actor, msg)
+    elif isinstance(msg, m.OperatorSightingMsg):
+        info = await service.incident(msg.incident_id)
+        if actor.communes is not None and not actor.communes.intersection(service.communes_of(info)):
+            raise ServiceError(404, m.ErrorCode.unknown_incident, f"unknown incident {msg.incident_id!r}")
+        sighting = Sighting.model_validate(msg.model_dump(exclude={"type"}) | {"source_kind": "operator"})
+        await service.submit_sighting(sighting, actor)
+
+
+def _closer(websocket: WebSocket) -> Callable[[int, str], Any]:
+    async def close(code: int, reason: str) -> None:
+        await _close(websocket, code, reason)
+
+    return close
+
+
+async def _close(websocket: WebSocket, code: int, reason: str) -> None:
+    with contextlib.suppress(Exception):
+        await websocket.close(code, reason)
+
+
+async def _accept_close(websocket: WebSocket, code: int, reason: str) -> None:
+    """Accept then close with ``code``: the client learns why (a refused handshake says only 403)."""
+    if websocket.application_state is WebSocketState.CONNECTING:
+        await websocket.accept()
+    await _close(websocket, code, reason)
+
+
+def _short(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:5]:
+        loc = ".".join(str(p) for p in err.get("loc", ()))
+        parts.append(f"{loc}: {err.get('msg')}")
+    return "; ".join(parts)[:1000]
+
+
+def _public(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in d.items() if not k.startswith("_")}
+
+
+def _streets_geojson(city: City, *, step: int = 1) -> dict[str, Any]:
+    """Streets as LineStrings (two-way pairs drawn once), coordinates rounded to ~1 m."""
+    g = city.graph
+    features = []
+    seen: set[tuple[int, int]] = set()
+    for e in range(g.n_edges):
+        u, v = int(g.edge_u[e]), int(g.edge_v[e])
+        if (v, u) in seen:
+            continue
+        seen.add((u, v))
+        pts = g.edge_lonlat(e)
+        if len(pts) > 2:
+            pts = pts[:: max(1, step)] if step > 1 else pts
+        coords = [[round(float(x), 5), round(float(y), 5)] for x, y in pts]
+        features.append(
+            {
+                "type": "Feature",
+                "geometry": {"type": "LineString", "coordinates": coords},
+                "properties": {
+                    "name": g.edge_name[e],
+                    "highway": g.edge_highway[e],
+                    "oneway": bool(g.edge_oneway[e]),
+                },
+            }
+        )
+    return {"type": "FeatureCollection", "features": features}
+
+
+def _mount_static(app: FastAPI, config: ServerConfig) -> None:
+    """Serve the web pages if ``web/`` exists, and Leaflet from node_modules."""
+    web = config.web_dir or ROOT / "web"
+    dist = web / "dist" if (web / "dist").is_dir() else web
+    leaflet = ROOT / "node_modules" / "leaflet" / "dist"
+    if leaflet.is_dir():
+        app.mount("/vendor/leaflet", StaticFiles(directory=leaflet), name="leaflet")
+    if not dist.is_dir():
+        return
+    pages = {"/": "index.html", "/console": "console.html", "/crew": "crew.html", "/trainer": "trainer.html"}
+    for route, name in pages.items():
+        path = dist / name
+        if path.is_file():
+
+            async def page(path: Path = path) -> FileResponse:
+                return FileResponse(path)
+
+            app.add_api_route(route, page, include_in_schema=False, methods=["GET"])
+    app.mount("/static", StaticFiles(directory=dist), name="static")

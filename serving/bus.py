@@ -1,0 +1,202 @@
+"""The message bus: sightings in (work queue), events out (fan-out to every worker's websockets).
+
+* :class:`InProcessBus`: one process; an ``asyncio.Queue`` for sightings, direct calls for events.
+* :class:`RedisBus`: several processes. Sightings go through a Redis Stream with a consumer group
+  (at-least-once: an entry is acknowledged only after it was handled; entries left pending by a
+  crashed worker are reclaimed with ``XAUTOCLAIM``). Events cross workers by Redis pub/sub.
+
+Handlers must be idempotent: a reclaimed entry may be handled twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+Json = dict[str, Any]
+Handler = Callable[[Json], Awaitable[None]]
+Listener = Callable[[Json], Awaitable[None]]
+
+log = logging.getLogger("cordon.bus")
+
+
+class Bus(Protocol):
+    name: str
+
+    async def submit(self, sighting: Json) -> None:
+        """Queue a sighting for processing by some worker."""
+        ...
+
+    async def publish(self, event: Json) -> None:
+        """Send ``event`` to every worker's listener (including this one)."""
+        ...
+
+    async def run(self, handler: Handler, listener: Listener) -> None:
+        """Consume sightings with ``handler`` and events with ``listener`` until cancelled."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class InProcessBus:
+    name = "in-process"
+
+    def __init__(self, maxsize: int = 10_000) -> None:
+        self._queue: asyncio.Queue[Json] = asyncio.Queue(maxsize)
+        self._listener: Listener | None = None
+
+    async def submit(self, sighting: Json) -> None:
+        await self._queue.put(sighting)
+
+    async def publish(self, event: Json) -> None:
+        if self._listener is not None:
+            await self._listener(event)
+
+    async def run(self, handler: Handler, listener: Listener) -> None:
+        self._listener = listener
+        while True:
+            item = await self._queue.get()
+            try:
+                await handler(item)
+            except Exception:
+                log.exception("sighting handler failed on %s", item.get("source_event_id"))
+
+    async def close(self) -> None:
+        self._listener = None
+
+
+class RedisBus:
+    """Redis Streams work queue + pub/sub fan-out.
+
+    ``consumer`` names this worker in the group; give each process its own (a restarted process
+    may reuse its name and then first re-reads its own pending entries).
+    """
+
+    name = "redis"
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        *,
+        consumer: str,
+        prefix: str = "cordon",
+        group: str = "workers",
+        claim_idle_ms: int = 5_000,
+        block_ms: int = 500,
+    ) -> None:
+        self.client = client
+        self.consumer = consumer
+        self.stream = f"{prefix}:sightings"
+        self.channel = f"{prefix}:events"
+        self.group = group
+        self.claim_idle_ms = claim_idle_ms
+        self.block_ms = block_ms
+
+    @classmethod
+    def from_url(cls, url: str, *, consumer: str, prefix: str = "cordon") -> RedisBus:
+        return cls(aioredis.Redis.from_url(url, decode_responses=True), consumer=consumer, prefix=prefix)
+
+    async def submit(self, sighting: Json) -> None:
+        await self.client.xadd(self.stream, {"data": json.dumps(sighting)})
+
+    async def publish(self, event: Json) -> None:
+        await self.client.publish(self.channel, json.dumps(event))
+
+    async def _ensure_group(self) -> None:
+        try:
+            await self.client.xgroup_create(self.stream, self.group, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    async def run(self, handler: Handler, listener: Listener) -> None:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._consume(handler))
+            tg.create_task(self._listen(listener))
+
+    async def _handle(self, handler: Handler, entry_id: str, fields: dict[str, str]) -> None:
+        try:
+            payload = json.loads(fields["data"])
+            await handler(payload)
+        except (RedisConnectionError, RedisTimeoutError):
+            raise
+        except Exception:
+            # A poison entry is logged and acknowledged, not retried forever.
+            log.exception("sighting handler failed on stream entry %s", entry_id)
+        await self.client.xack(self.stream, self.group, entry_id)
+
+    async def _consume(self, handler: Handler) -> None:
+        while True:
+            try:
+                await self._ensure_group()
+                # Our own pending entries first (a restarted worker with the same name), then others'.
+                pending: Any = await self.client.xreadgroup(
+                    self.group, self.consumer, {self.stream: "0"}, count=100
+                )
+                for _stream, entries in pending:
+                    for entry_id, fields in entries:
+                        await self._handle(handler, entry_id, fields)
+                while True:
+                    await self._reclaim(handler)
+                    got: Any = await self.client.xreadgroup(
+                        self.group, self.consumer, {self.stream: ">"}, count=50, block=self.block_ms
+                    )
+                    for _stream, entries in got:
+                        for entry_id, fields in entries:
+                            await self._handle(handler, entry_id, fields)
+            except asyncio.CancelledError:
+                raise
+            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                log.warning("redis unavailable for the sighting stream (%s); retrying", exc)
+                await asyncio.sleep(0.5)
+            except ResponseError as exc:
+                if "NOGROUP" in str(exc):  # Redis restarted without persistence
+                    continue
+                log.exception("redis error on the sighting stream")
+                await asyncio.sleep(0.5)
+
+    async def _reclaim(self, handler: Handler) -> None:
+        result = await self.client.xautoclaim(
+            self.stream, self.group, self.consumer, min_idle_time=self.claim_idle_ms, start_id="0-0", count=50
+        )
+        entries = result[1]
+        for entry_id, fields in entries:
+            if fields is None:  # deleted meanwhile
+                await self.client.xack(self.stream, self.group, entry_id)
+                continue
+            log.info("reclaimed pending sighting entry %s", entry_id)
+            await self._handle(handler, entry_id, fields)
+
+    async def _listen(self, listener: Listener) -> None:
+        while True:
+            pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(self.channel)
+                while True:
+                    message = await pubsub.get_message(timeout=1.0)
+                    if message is None:
+                        continue
+                    try:
+                        await listener(json.loads(message["data"]))
+                    except Exception:
+                        log.exception("event listener failed")
+            except asyncio.CancelledError:
+                raise
+            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                log.warning("redis pub/sub lost (%s); resubscribing", exc)
+                await asyncio.sleep(0.5)
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    async def close(self) -> None:
+        await self.client.aclose()

@@ -1,0 +1,236 @@
+"""This worker's websocket connections: one bounded queue and one relay task per connection.
+
+Nothing ever awaits a client's socket except that client's own relay task, so one slow or dead
+tablet never stalls the others. A client whose queue is full is cut (close code 4008) and resumes
+from its last sequence number when it reconnects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+Json = dict[str, Any]
+Sender = Callable[[str], Awaitable[None]]
+Closer = Callable[[int, str], Awaitable[None]]
+
+log = logging.getLogger("cordon.hub")
+
+#: Close code for a client that fell too far behind (application range 4000-4999).
+CLOSE_TOO_SLOW = 4008
+
+
+class ConnectionState(enum.Enum):
+    open = "open"
+    closing = "closing"
+    closed = "closed"
+
+
+@dataclass(eq=False)
+class Connection:
+    """One websocket. ``crew_id`` for a tablet, ``communes`` for an operator console
+    (``None`` = every commune)."""
+
+    conn_id: int
+    role: str
+    subject: str
+    send: Sender
+    close: Closer
+    crew_id: str | None = None
+    communes: frozenset[str] | None = None
+    queue_size: int = 256
+    seq: int = 0
+    state: ConnectionState = ConnectionState.open
+    queue: asyncio.Queue[str | None] = field(init=False)
+    task: asyncio.Task[None] | None = field(default=None, init=False)
+    last_crew_seq: int = 0
+    ready: bool = False
+    held: list[Json] = field(default_factory=list, init=False)
+
+    def __post_init__(self) -> None:
+        self.queue = asyncio.Queue(self.queue_size)
+
+    def sees(self, communes: list[str] | None) -> bool:
+        if self.communes is None or communes is None:
+            return True
+        return bool(self.communes.intersection(communes))
+
+
+class Hub:
+    """The registry of this worker's connections and the place every outgoing message goes through."""
+
+    def __init__(self, *, queue_size: int = 256, now: Callable[[], str]) -> None:
+        self.queue_size = queue_size
+        self._now = now
+        self._next_id = 0
+        self.crews: dict[str, set[Connection]] = {}
+        self.operators: set[Connection] = set()
+        self.sent_log: list[Json] | None = None  # tests record every message sent
+        self.cut = 0
+        self._closing: set[asyncio.Task[None]] = set()
+
+    def __len__(self) -> int:
+        return sum(len(c) for c in self.crews.values()) + len(self.operators)
+
+    def add(
+        self,
+        *,
+        role: str,
+        subject: str,
+        send: Sender,
+        close: Closer,
+        crew_id: str | None = None,
+        communes: frozenset[str] | None = None,
+    ) -> Connection:
+        self._next_id += 1
+        conn = Connection(
+            self._next_id,
+            role,
+            subject,
+            send,
+            close,
+            crew_id=crew_id,
+            communes=communes,
+            queue_size=self.queue_size,
+        )
+        if crew_id is not None:
+            self.crews.setdefault(crew_id, set()).add(conn)
+        else:
+            self.operators.add(conn)
+        conn.task = asyncio.create_task(self._relay(conn), name=f"relay-{conn.conn_id}")
+        return conn
+
+    async def remove(self, conn: Connection) -> None:
+        conn.state = ConnectionState.closed
+        if conn.crew_id is not None:
+            group = self.crews.get(conn.crew_id)
+            if group is not None:
+                group.discard(conn)
+                if not group:
+                    del self.crews[conn.crew_id]
+        else:
+            self.operators.discard(conn)
+        if conn.task is not None and conn.task is not asyncio.current_task():
+            conn.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await conn.task
+
+    def enqueue(self, conn: Connection, message: Json) -> None:
+        """Queue ``message`` for ``conn``; operators' messages get the connection's next ``seq``,
+        crews' messages arrive stamped with the crew stream's ``seq``."""
+        if conn.state is not ConnectionState.open:
+            return
+        if conn.crew_id is None:
+            conn.seq += 1
+            message = dict(message, seq=conn.seq)
+        else:
+            seq = int(message.get("seq", 0))
+            if seq and seq <= conn.last_crew_seq:
+                return  # already delivered (resume overlap)
+            if seq:
+                conn.last_crew_seq = seq
+        message.setdefault("sent_at", self._now())
+        if self.sent_log is not None:
+            self.sent_log.append(dict(message, _role=conn.role))
+        try:
+            conn.queue.put_nowait(json.dumps(message))
+        except asyncio.QueueFull:
+            self._cut(conn)
+
+    def enqueue_direct(self, conn: Connection, message: Json) -> None:
+        """Queue a crew-connection message that is not part of the crew stream (a snapshot, an
+        error): it carries the stream's current ``seq`` and bypasses the duplicate filter."""
+        if conn.state is not ConnectionState.open:
+            return
+        message = dict(message)
+        message.setdefault("sent_at", self._now())
+        if self.sent_log is not None:
+            self.sent_log.append(dict(message, _role=conn.role))
+        try:
+            conn.queue.put_nowait(json.dumps(message))
+        except asyncio.QueueFull:
+            self._cut(conn)
+
+    def _cut(self, conn: Connection) -> None:
+        """Drop a client that fell behind: stop its relay (it may be stuck in a send) and close
+        its socket with :data:`CLOSE_TOO_SLOW`; it reconnects and resumes from its last seq."""
+        log.warning("connection %s (%s) fell behind; cutting it", conn.conn_id, conn.subject)
+        self.cut += 1
+        conn.state = ConnectionState.closing
+        with contextlib.suppress(asyncio.QueueEmpty):
+            while True:
+                conn.queue.get_nowait()
+        if conn.task is not None:
+            conn.task.cancel()
+        task = asyncio.create_task(self._close_quietly(conn))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    @staticmethod
+    async def _close_quietly(conn: Connection) -> None:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(conn.close(CLOSE_TOO_SLOW, "too far behind; reconnect and resume"), 2.0)
+
+    def to_crew(self, crew_id: str, message: Json) -> int:
+        """Deliver a stamped crew-stream message to every tablet of ``crew_id`` on this worker."""
+        conns = self.crews.get(crew_id, ())
+        for conn in list(conns):
+            if conn.ready:
+                self.enqueue(conn, message)
+            else:
+                conn.held.append(message)
+        return len(conns)
+
+    def to_operators(self, communes: list[str] | None, message: Json) -> int:
+        """Fan a message out to the consoles that see ``communes``. The body is serialized once;
+        each connection's ``seq`` is spliced in front of it."""
+        targets = [c for c in self.operators if c.state is ConnectionState.open and c.sees(communes)]
+        if not targets:
+            return 0
+        body = dict(message)
+        body.pop("seq", None)
+        body.setdefault("sent_at", self._now())
+        text = json.dumps(body)
+        for conn in targets:
+            conn.seq += 1
+            if self.sent_log is not None:
+                self.sent_log.append(dict(body, seq=conn.seq, _role=conn.role))
+            try:
+                conn.queue.put_nowait(
+                    f'{{"seq": {conn.seq}, {text[1:]}' if len(text) > 2 else f'{{"seq": {conn.seq}}}'
+                )
+            except asyncio.QueueFull:
+                self._cut(conn)
+        return len(targets)
+
+    def release(self, conn: Connection) -> None:
+        """Mark a tablet ready after its resume/snapshot and flush what arrived meanwhile."""
+        conn.ready = True
+        held, conn.held = conn.held, []
+        for message in held:
+            self.enqueue(conn, message)
+
+    async def _relay(self, conn: Connection) -> None:
+        try:
+            while True:
+                text = await conn.queue.get()
+                if text is None:
+                    await conn.close(CLOSE_TOO_SLOW, "too far behind; reconnect and resume")
+                    return
+                await conn.send(text)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the socket died: the reader side cleans up
+            log.info("relay for connection %s ended: %s", conn.conn_id, exc)
+        finally:
+            conn.state = ConnectionState.closed
+
+    async def close_all(self) -> None:
+        for conn in [c for group in self.crews.values() for c in group] + list(self.operators):
+            await self.remove(conn)

@@ -1,0 +1,450 @@
+"""Every REST body and websocket message of the server, as pydantic models (``extra="forbid"``).
+
+The models are the single source of truth for the wire format: the server encodes through them,
+:mod:`serving.asyncapi` generates the AsyncAPI document from them, and the tests validate what the
+server really sent against that document.
+
+Every server→client websocket message carries ``type``, ``seq`` (monotonic per connection stream:
+per crew for a tablet, per connection for an operator console) and ``sent_at``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter
+
+Identifier = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
+Longitude = Annotated[float, Field(ge=-180.0, le=180.0)]
+Latitude = Annotated[float, Field(ge=-90.0, le=90.0)]
+Heading = Annotated[float, Field(ge=0.0, le=360.0)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class CrewStatusName(StrEnum):
+    available = "available"
+    assigned = "assigned"
+    busy = "busy"
+    out_of_service = "out_of_service"
+
+
+class SuggestionState(StrEnum):
+    """Where a suggestion stands. ``pending_approval``: waiting for an operator (approval mode)."""
+
+    pending_approval = "pending_approval"
+    sent = "sent"
+    accepted = "accepted"
+    declined = "declined"
+    in_position = "in_position"
+    retracted = "retracted"
+    expired = "expired"
+    superseded = "superseded"
+
+
+class DispatchMode(StrEnum):
+    """``direct``: suggestions reach crews at once; ``approval``: only once an operator approves."""
+
+    direct = "direct"
+    approval = "approval"
+
+
+class ErrorCode(StrEnum):
+    unknown_camera = "unknown_camera"
+    unknown_incident = "unknown_incident"
+    unknown_suggestion = "unknown_suggestion"
+    unknown_crew = "unknown_crew"
+    invalid_message = "invalid_message"
+    forbidden = "forbidden"
+    unauthenticated = "unauthenticated"
+    incident_exists = "incident_exists"
+    incident_closed = "incident_closed"
+    suggestion_expired = "suggestion_expired"
+    not_your_suggestion = "not_your_suggestion"
+    too_large = "too_large"
+    rate_limited = "rate_limited"
+    unavailable = "unavailable"
+    internal = "internal"
+
+
+# ---------------------------------------------------------------------------------------------
+# Payloads shared by REST and websockets
+
+
+class SuggestionBody(_Model):
+    """A suggested intercept point for one crew (from :class:`guidance.types.Suggestion`)."""
+
+    suggestion_id: Identifier
+    incident_id: Identifier
+    crew_id: Identifier
+    target_node: int
+    lon: Longitude
+    lat: Latitude
+    street_names: list[str]
+    route_lonlat: list[tuple[float, float]]
+    turns: list[Any]
+    crew_eta_s: float
+    suspect_earliest_eta_s: float | None
+    suspect_likely_eta_s: float | None
+    margin_s: float | None
+    probability_covered: float
+    reason: str
+    plan_version: int
+    issued_at: AwareDatetime
+    expires_at: AwareDatetime
+    state: SuggestionState = SuggestionState.sent
+
+
+class CrewBody(_Model):
+    crew_id: Identifier
+    lon: Longitude
+    lat: Latitude
+    heading_deg: Heading | None = None
+    status: CrewStatusName = CrewStatusName.available
+    commune: str | None = None
+    updated_at: AwareDatetime
+
+
+# ---------------------------------------------------------------------------------------------
+# REST bodies
+
+
+class IncidentOpen(_Model):
+    incident_id: Identifier
+    commune: str | None = None
+    lon: Longitude | None = None
+    lat: Latitude | None = None
+    at: AwareDatetime | None = None
+    description: str | None = Field(default=None, max_length=500)
+
+
+class IncidentShare(_Model):
+    communes: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(min_length=1)
+
+
+class IncidentInfo(_Model):
+    incident_id: str
+    commune: str | None
+    shared_with: list[str]
+    opened_at: AwareDatetime
+    closed_at: AwareDatetime | None = None
+    n_sightings: int = 0
+    plan_version: int = 0
+
+
+class SightingAck(_Model):
+    source_event_id: str
+    accepted: bool
+    duplicate: bool = False
+    late: bool = False
+    flag: str | None = None
+
+
+class SightingBatchAck(_Model):
+    results: list[SightingAck]
+
+
+class CrewReport(_Model):
+    """A crew's position and/or status, by REST (``PUT /api/crews/{crew_id}``)."""
+
+    lon: Longitude
+    lat: Latitude
+    heading_deg: Heading | None = None
+    status: CrewStatusName | None = None
+    commune: str | None = None
+    at: AwareDatetime | None = None
+
+
+class DispatchModeBody(_Model):
+    mode: DispatchMode
+
+
+class Health(_Model):
+    status: Literal["ok", "degraded"]
+    bus: str
+    state: str
+    worker_id: str
+    clock: str
+    now: AwareDatetime
+    incidents: int
+    connections: int
+
+
+class ErrorBody(_Model):
+    code: ErrorCode
+    message: str
+    detail: list[dict[str, Any]] | None = None
+
+
+class SimTime(_Model):
+    """Simulation clock control: set the server's time (simulation mode only)."""
+
+    now: AwareDatetime
+
+
+# ---------------------------------------------------------------------------------------------
+# Websocket: server → client
+
+
+class _ServerMessage(_Model):
+    seq: int = Field(ge=0)
+    sent_at: AwareDatetime
+
+
+class SuggestionMsg(_ServerMessage):
+    type: Literal["suggestion"] = "suggestion"
+    expires_at: AwareDatetime
+    suggestion: SuggestionBody
+
+
+class SuggestionUpdateMsg(_ServerMessage):
+    """A new version of the crew's suggestion for the same incident; it replaces ``replaces``."""
+
+    type: Literal["suggestion_update"] = "suggestion_update"
+    expires_at: AwareDatetime
+    replaces: str
+    suggestion: SuggestionBody
+
+
+class SuggestionRetractedMsg(_ServerMessage):
+    type: Literal["suggestion_retracted"] = "suggestion_retracted"
+    suggestion_id: str
+    incident_id: str
+    crew_id: str
+    reason: str
+
+
+class SnapshotMsg(_ServerMessage):
+    """The current picture, sent on connect and when a resume gap is too old.
+
+    For a crew: its current (unexpired) suggestions. For an operator: incidents, crews and
+    current suggestions in its communes."""
+
+    type: Literal["snapshot"] = "snapshot"
+    reason: Literal["connect", "gap", "resume_ok"]
+    suggestions: list[SuggestionBody]
+    incidents: list[IncidentInfo] = Field(default_factory=list)
+    crews: list[CrewBody] = Field(default_factory=list)
+
+
+class ErrorMsg(_ServerMessage):
+    type: Literal["error"] = "error"
+    code: ErrorCode
+    message: str
+    ref: str | None = None
+
+
+class SightingEventMsg(_ServerMessage):
+    type: Literal["sighting"] = "sighting"
+    incident_id: str
+    camera_id: str
+    observed_at: AwareDatetime
+    source_kind: str
+    source_event_id: str
+    lon: float
+    lat: float
+    late: bool = False
+    flag: str | None = None
+
+
+class TrackMsg(_ServerMessage):
+    type: Literal["track"] = "track"
+    incident_id: str
+    at: AwareDatetime
+    lon: float
+    lat: float
+    sigma_along_m: float
+    speed_mps: float
+    heading_deg: float | None
+    since_last_sighting_s: float
+    last_camera_id: str | None
+    n_sightings: int
+
+
+class PredictionMsg(_ServerMessage):
+    type: Literal["prediction"] = "prediction"
+    incident_id: str
+    at: AwareDatetime
+    geojson: dict[str, Any]
+
+
+class CrewMsg(_ServerMessage):
+    type: Literal["crew"] = "crew"
+    crew: CrewBody
+
+
+class SuggestionOpMsg(_ServerMessage):
+    """A suggestion as the operator sees it (any state, including pending approval)."""
+
+    type: Literal["suggestion"] = "suggestion"
+    suggestion: SuggestionBody
+
+
+class PlanMsg(_ServerMessage):
+    type: Literal["plan"] = "plan"
+    incident_id: str
+    version: int
+    at: AwareDatetime
+    coverage_probability: float
+    suggestion_ids: list[str]
+    suggestions: list[SuggestionBody] = Field(
+        default_factory=list,
+        description="The plan's suggestions with their states (pending approval or sent)",
+    )
+    ended: list[str] = Field(
+        default_factory=list,
+        description="Suggestions of the incident no longer in force (superseded or retracted)",
+    )
+    holds: list[str]
+    dispatch_mode: DispatchMode
+
+
+class IncidentMsg(_ServerMessage):
+    type: Literal["incident"] = "incident"
+    event: Literal["opened", "closed", "shared"]
+    incident: IncidentInfo
+
+
+class DecisionMsg(_ServerMessage):
+    type: Literal["decision"] = "decision"
+    actor: str
+    role: str
+    decision: Literal["accept", "decline", "in_position", "contact", "approve", "modify", "retract"]
+    suggestion_id: str | None
+    incident_id: str | None
+    crew_id: str | None
+    reason: str | None = None
+
+
+CrewServerMessage = Annotated[
+    SuggestionMsg | SuggestionUpdateMsg | SuggestionRetractedMsg | SnapshotMsg | ErrorMsg,
+    Field(discriminator="type"),
+]
+OperatorServerMessage = Annotated[
+    SightingEventMsg
+    | TrackMsg
+    | PredictionMsg
+    | CrewMsg
+    | SuggestionOpMsg
+    | PlanMsg
+    | IncidentMsg
+    | DecisionMsg
+    | SnapshotMsg
+    | ErrorMsg,
+    Field(discriminator="type"),
+]
+
+
+# ---------------------------------------------------------------------------------------------
+# Websocket: client → server
+
+
+class AuthMsg(_Model):
+    """First message when the token was not given as ``?token=``."""
+
+    type: Literal["auth"]
+    token: str = Field(min_length=1, max_length=4096)
+
+
+class ResumeMsg(_Model):
+    type: Literal["resume"]
+    last_seq: int = Field(ge=0)
+
+
+class PositionMsg(_Model):
+    type: Literal["position"]
+    lon: Longitude
+    lat: Latitude
+    heading_deg: Heading | None = None
+    at: AwareDatetime | None = None
+
+
+class StatusMsg(_Model):
+    type: Literal["status"]
+    status: CrewStatusName
+
+
+class AcceptMsg(_Model):
+    type: Literal["accept"]
+    suggestion_id: Identifier
+
+
+class DeclineMsg(_Model):
+    type: Literal["decline"]
+    suggestion_id: Identifier
+    reason: str = Field(min_length=1, max_length=500)
+
+
+class InPositionMsg(_Model):
+    type: Literal["in_position"]
+    suggestion_id: Identifier
+
+
+class ContactMsg(_Model):
+    type: Literal["contact"]
+    suggestion_id: Identifier | None = None
+    incident_id: Identifier | None = None
+    lon: Longitude | None = None
+    lat: Latitude | None = None
+
+
+class ApproveMsg(_Model):
+    type: Literal["approve"]
+    suggestion_id: Identifier
+
+
+class ModifyMsg(_Model):
+    """Change a suggestion's target point and/or crew before (or after) it goes out."""
+
+    type: Literal["modify"]
+    suggestion_id: Identifier
+    lon: Longitude | None = None
+    lat: Latitude | None = None
+    crew_id: Identifier | None = None
+
+
+class RetractMsg(_Model):
+    type: Literal["retract"]
+    suggestion_id: Identifier
+    reason: str = Field(default="retracted by operator", min_length=1, max_length=500)
+
+
+class OperatorSightingMsg(_Model):
+    """An operator recording a handoff from the console (same fields as the REST sighting)."""
+
+    type: Literal["sighting"]
+    incident_id: Identifier
+    camera_id: Identifier
+    observed_at: AwareDatetime
+    source_event_id: Identifier
+    heading_deg: Heading | None = None
+    speed_kmh: Annotated[float, Field(ge=0.0, le=250.0)] | None = None
+    confidence: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
+    vehicle_description: Annotated[str, Field(max_length=200)] | None = None
+
+
+CrewClientMessage = Annotated[
+    AuthMsg | ResumeMsg | PositionMsg | StatusMsg | AcceptMsg | DeclineMsg | InPositionMsg | ContactMsg,
+    Field(discriminator="type"),
+]
+OperatorClientMessage = Annotated[
+    AuthMsg | ResumeMsg | ApproveMsg | ModifyMsg | RetractMsg | OperatorSightingMsg,
+    Field(discriminator="type"),
+]
+
+crew_client_adapter: TypeAdapter[CrewClientMessage] = TypeAdapter(CrewClientMessage)
+operator_client_adapter: TypeAdapter[OperatorClientMessage] = TypeAdapter(OperatorClientMessage)
+crew_server_adapter: TypeAdapter[CrewServerMessage] = TypeAdapter(CrewServerMessage)
+operator_server_adapter: TypeAdapter[OperatorServerMessage] = TypeAdapter(OperatorServerMessage)
+
+
+def stamp(message: dict[str, Any], *, seq: int, sent_at: datetime) -> dict[str, Any]:
+    """``message`` (a server message without ``seq``/``sent_at``) with both filled in."""
+    out = dict(message)
+    out["seq"] = seq
+    out["sent_at"] = sent_at.isoformat()
+    return out

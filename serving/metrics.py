@@ -1,0 +1,57 @@
+"""Prometheus metrics of one server process (its own registry, so several apps can live in one test)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.sightings = Counter(
+            "cordon_sightings_total", "Sightings received, by outcome", ["outcome"], registry=r
+        )
+        self.sightings_rejected = Counter(
+            "cordon_sightings_rejected_total", "Sightings refused, by error code", ["code"], registry=r
+        )
+        self.incidents_opened = Counter("cordon_incidents_opened_total", "Incidents opened", registry=r)
+        self.ws_messages_in = Counter(
+            "cordon_ws_messages_in_total",
+            "Websocket messages received, by channel and type",
+            ["channel", "type"],
+            registry=r,
+        )
+        self.ws_errors = Counter(
+            "cordon_ws_errors_total", "Websocket errors sent, by code", ["code"], registry=r
+        )
+        self.connections = Gauge(
+            "cordon_ws_connections", "Open websocket connections", ["channel"], registry=r
+        )
+        self.cut = Counter("cordon_ws_cut_total", "Connections cut for falling behind", registry=r)
+        self.audit_failures = Counter("cordon_audit_failures_total", "Audit appends that failed", registry=r)
+        self.sighting_to_crew = Histogram(
+            "cordon_sighting_to_crew_seconds",
+            "From a sighting's arrival to its suggestion reaching this worker's hub",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+            registry=r,
+        )
+        self.crew_messages = Counter(
+            "cordon_crew_messages_total", "Messages appended to crew streams (by this worker)", registry=r
+        )
+        self.sightings_processed = Counter(
+            "cordon_sightings_processed_total", "Sightings applied to the core (by this worker)", registry=r
+        )
+        self.core_seconds = Histogram(
+            "cordon_core_call_seconds",
+            "Time of one Coordinator call on the core thread",
+            ["call"],
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+            registry=r,
+        )
+        self.http_errors = Counter(
+            "cordon_http_errors_total", "HTTP error answers, by code", ["code"], registry=r
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

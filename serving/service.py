@@ -1,0 +1,1153 @@
+"""The orchestration: sightings from the bus into the Coordinator, plans out as suggestions and events.
+
+The service does I/O and bookkeeping only; every decision about where a suspect is and where a crew
+should go comes from :class:`guidance.coordinator.Coordinator` (the one core entry point).
+
+Several workers (processes) can share one CSU. The incident's sighting log in the state store is
+the truth: before a worker applies a sighting it replays, into its own Coordinator, the log
+entries other workers applied (the core is deterministic, so every worker reaches the same track),
+all under the incident's lock. A sighting whose ``source_event_id`` is already in the log is
+skipped, which makes the stream handler idempotent under at-least-once delivery.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import logging
+import re
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol, TypeVar
+
+from pydantic import ValidationError
+
+from map_data.network_types import City
+from map_data.snap import Snapper
+from map_data.types import EdgePosition, LonLat
+from serving import messages as m
+from serving.bus import Bus
+from serving.clock import Clock
+from serving.hub import Hub
+from serving.metrics import Metrics
+from serving.state import Json, StateStore
+from tracking.errors import NoBeliefError
+from tracking.types import Sighting
+
+log = logging.getLogger("cordon.service")
+T = TypeVar("T")
+
+#: Suggestion states that are still in force (a crew may be acting on them).
+ACTIVE = frozenset({"pending_approval", "sent", "accepted", "in_position"})
+#: Of those, the states a crew has been told about.
+DELIVERED = frozenset({"sent", "accepted", "in_position"})
+
+
+# ---------------------------------------------------------------------------------------------
+# What the service reads from the core (structural, to keep the core's types the core's own)
+
+
+class SuggestionLike(Protocol):
+    @property
+    def suggestion_id(self) -> str: ...
+    @property
+    def incident_id(self) -> str: ...
+    @property
+    def crew_id(self) -> str: ...
+    @property
+    def target_node(self) -> int: ...
+    @property
+    def lon(self) -> float: ...
+    @property
+    def lat(self) -> float: ...
+    @property
+    def street_names(self) -> Sequence[str]: ...
+    @property
+    def route_lonlat(self) -> Sequence[tuple[float, float]]: ...
+    @property
+    def turns(self) -> Sequence[Any]: ...
+    @property
+    def crew_eta_s(self) -> float: ...
+    @property
+    def suspect_earliest_eta_s(self) -> float: ...
+    @property
+    def suspect_likely_eta_s(self) -> float: ...
+    @property
+    def margin_s(self) -> float: ...
+    @property
+    def probability_covered(self) -> float: ...
+    @property
+    def reason(self) -> str: ...
+    @property
+    def plan_version(self) -> int: ...
+    @property
+    def issued_at(self) -> datetime: ...
+    @property
+    def expires_at(self) -> datetime: ...
+
+
+class PlanLike(Protocol):
+    @property
+    def incident_id(self) -> str: ...
+    @property
+    def version(self) -> int: ...
+    @property
+    def at(self) -> datetime: ...
+    @property
+    def suggestions(self) -> Sequence[SuggestionLike]: ...
+    @property
+    def holds(self) -> Sequence[str]: ...
+    @property
+    def coverage_probability(self) -> float: ...
+
+
+class CoordinatorLike(Protocol):
+    """The contract of ``guidance.coordinator.Coordinator`` as the server uses it."""
+
+    def open_incident(
+        self,
+        incident_id: str,
+        *,
+        at: datetime,
+        commune: str | None = None,
+        origin_lonlat: LonLat | None = None,
+    ) -> Any: ...
+    def share_incident(self, incident_id: str, communes: Iterable[str]) -> Any: ...
+    def ingest(self, sighting: Sighting) -> Any: ...
+    def set_crews(self, crews: Sequence[Any], at: datetime) -> Any: ...
+    def replan(self, incident_id: str, at: datetime) -> Any: ...
+    def close_incident(self, incident_id: str) -> Any: ...
+
+
+class AuditSink(Protocol):
+    def append(
+        self,
+        actor: str,
+        role: str,
+        action: str,
+        *,
+        at: datetime,
+        incident_id: str | None = None,
+        commune: str | None = None,
+        payload: dict[str, Any] | None = None,
+        reason: str | None = None,
+    ) -> Any: ...
+
+
+class MemoryAudit:
+    """Audit records kept in memory (tests, and when no audit store is configured)."""
+
+    def __init__(self) -> None:
+        self.records: list[dict[str, Any]] = []
+
+    def append(
+        self,
+        actor: str,
+        role: str,
+        action: str,
+        *,
+        at: datetime,
+        incident_id: str | None = None,
+        commune: str | None = None,
+        payload: dict[str, Any] | None = None,
+        reason: str | None = None,
+    ) -> None:
+        self.records.append(
+            {
+                "actor": actor,
+                "role": role,
+                "action": action,
+                "at": at,
+                "incident_id": incident_id,
+                "commune": commune,
+                "payload": payload,
+                "reason": reason,
+            }
+        )
+
+
+class ServiceError(Exception):
+    """A request the service refuses; ``status`` is the HTTP status, ``code`` the error code."""
+
+    def __init__(self, status: int, code: m.ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class Actor:
+    """Who does something (from the authenticated principal), for audit and events."""
+
+    subject: str
+    role: str
+    communes: frozenset[str] | None  # None: every commune
+    crew_id: str | None = None
+
+
+SYSTEM = Actor("cordon", "system", None)
+
+
+def suggestion_body(s: SuggestionLike, state: m.SuggestionState) -> Json:
+    """The wire form (:class:`serving.messages.SuggestionBody`) of a core suggestion. Built
+    directly (the core's values are trusted; the tests check the wire form against the schema);
+    infinite or NaN times become ``null``."""
+
+    def finite(x: float) -> float | None:
+        return float(x) if x == x and abs(x) != float("inf") else None
+
+    return {
+        "suggestion_id": s.suggestion_id,
+        "incident_id": s.incident_id,
+        "crew_id": s.crew_id,
+        "target_node": int(s.target_node),
+        "lon": float(s.lon),
+        "lat": float(s.lat),
+        "street_names": [str(n) for n in s.street_names],
+        "route_lonlat": [[float(a), float(b)] for a, b in s.route_lonlat],
+        "turns": list(s.turns),
+        "crew_eta_s": float(s.crew_eta_s),
+        "suspect_earliest_eta_s": finite(s.suspect_earliest_eta_s),
+        "suspect_likely_eta_s": finite(s.suspect_likely_eta_s),
+        "margin_s": finite(s.margin_s),
+        "probability_covered": float(s.probability_covered),
+        "reason": s.reason,
+        "plan_version": int(s.plan_version),
+        "issued_at": s.issued_at.isoformat(),
+        "expires_at": s.expires_at.isoformat(),
+        "state": state.value,
+    }
+
+
+def _public_crew(crew: Json) -> Json:
+    return {k: v for k, v in crew.items() if not k.startswith("_")}
+
+
+class DispatchService:
+    """One worker's orchestration. Build it, then run :meth:`run` as a background task."""
+
+    def __init__(
+        self,
+        *,
+        city: City,
+        coordinator: CoordinatorLike,
+        state: StateStore,
+        bus: Bus,
+        hub: Hub,
+        clock: Clock,
+        audit: AuditSink,
+        metrics: Metrics,
+        worker_id: str,
+        default_mode: m.DispatchMode = m.DispatchMode.direct,
+        crew_factory: Callable[[Json, EdgePosition], Any] | None = None,
+        prediction_geojson: Callable[[Any], dict[str, Any]] | None = None,
+        crew_refresh_s: float = 10.0,
+    ) -> None:
+        self.city = city
+        self.coordinator = coordinator
+        self.state = state
+        self.bus = bus
+        self.hub = hub
+        self.clock = clock
+        self.audit = audit
+        self.metrics = metrics
+        self.worker_id = worker_id
+        self.default_mode = default_mode
+        self.snapper = Snapper(city.graph)
+        self._crew_factory = crew_factory or _default_crew_factory
+        self._prediction_geojson = prediction_geojson or _default_prediction_geojson(city)
+        self._applied: dict[str, int] = {}
+        self._seen: dict[str, set[str]] = {}
+        self._crew_status_key: tuple[int, frozenset[str]] | None = None
+        self._crew_version = -1
+        self._crews_pushed_at: datetime | None = None
+        self.crew_refresh_s = crew_refresh_s
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cordon-core")
+        self.processed = 0
+        self._audit_pending: deque[tuple[Any, ...]] = deque()
+        self._audit_stop = threading.Event()
+        self._audit_idle = threading.Event()
+        self._audit_thread = threading.Thread(target=self._audit_writer, name="cordon-audit", daemon=True)
+        self._audit_thread.start()
+
+    # -----------------------------------------------------------------------------------------
+    # Running
+
+    async def run(self) -> None:
+        await self.bus.run(self.handle_sighting, self.handle_event)
+
+    async def _core(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run a (synchronous) core call on the single core thread: calls never overlap."""
+        loop = asyncio.get_running_loop()
+        name = getattr(fn, "__name__", "call")
+
+        def timed() -> T:
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.metrics.core_seconds.labels(name).observe(time.perf_counter() - start)
+
+        return await loop.run_in_executor(self._executor, timed)
+
+    def shutdown(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._audit_stop.set()
+        self._audit_thread.join(timeout=30)
+
+    def now(self) -> datetime:
+        return self.clock.now()
+
+    def _audit(
+        self,
+        actor: Actor,
+        action: str,
+        *,
+        incident_id: str | None = None,
+        commune: str | None = None,
+        payload: dict[str, Any] | None = None,
+        reason: str | None = None,
+    ) -> None:
+        """Queue an audit record for the audit thread: a durable append costs milliseconds of
+        fsync, which must not block the event loop. The thread drains the queue in batches
+        (no per-record wake-up, which would cost a GIL hand-over each time)."""
+        record = (actor.subject, actor.role, action, self.now(), incident_id, commune, payload, reason or "")
+        self._audit_pending.append(record)
+
+    def _audit_writer(self) -> None:
+        while True:
+            stopping = self._audit_stop.wait(0.05)
+            while self._audit_pending:
+                subject, role, action, at, incident_id, commune, payload, reason = (
+                    self._audit_pending.popleft()
+                )
+                try:
+                    self.audit.append(
+                        subject,
+                        role,
+                        action,
+                        at=at,
+                        incident_id=incident_id,
+                        commune=commune,
+                        payload=payload,
+                        reason=reason,
+                    )
+                except Exception:
+                    log.exception("audit append failed for %s %s", action, incident_id)
+                    self.metrics.audit_failures.inc()
+            self._audit_idle.set()
+            if stopping:
+                return
+
+    def flush_audit(self, timeout_s: float = 30.0) -> None:
+        """Block until every audit record queued so far is written."""
+        deadline = time.monotonic() + timeout_s
+        while self._audit_pending and time.monotonic() < deadline:
+            time.sleep(0.01)
+        self._audit_idle.clear()
+        self._audit_idle.wait(timeout_s)
+
+    # -----------------------------------------------------------------------------------------
+    # Incidents
+
+    async def incident(self, incident_id: str) -> Json:
+        info = await self.state.get_incident(incident_id)
+        if info is None:
+            raise ServiceError(404, m.ErrorCode.unknown_incident, f"unknown incident {incident_id!r}")
+        return info
+
+    @staticmethod
+    def communes_of(info: Json) -> list[str]:
+        home = [info["commune"]] if info.get("commune") else []
+        return home + [c for c in info.get("shared_with", []) if c not in home]
+
+    async def open_incident(self, body: m.IncidentOpen, actor: Actor) -> Json:
+        if await self.state.get_incident(body.incident_id) is not None:
+            raise ServiceError(
+                409, m.ErrorCode.incident_exists, f"incident {body.incident_id!r} already exists"
+            )
+        commune = body.commune
+        if commune is None and actor.communes is not None and len(actor.communes) == 1:
+            commune = next(iter(actor.communes))
+        at = body.at or self.now()
+        info = m.IncidentInfo(
+            incident_id=body.incident_id, commune=commune, shared_with=[], opened_at=at
+        ).model_dump(mode="json")
+        if body.lon is not None and body.lat is not None:
+            info["_origin"] = [body.lon, body.lat]
+        await self.state.put_incident(info)
+        self._audit(
+            actor,
+            "incident_opened",
+            incident_id=body.incident_id,
+            commune=commune,
+            payload=body.model_dump(mode="json"),
+        )
+        await self._publish_op(
+            self.communes_of(info), {"type": "incident", "event": "opened", "incident": _public(info)}
+        )
+        self.metrics.incidents_opened.inc()
+        return info
+
+    async def close_incident(self, incident_id: str, actor: Actor) -> Json:
+        async with self.state.lock(incident_id):
+            info = await self.incident(incident_id)
+            if info.get("closed_at"):
+                return info
+            info["closed_at"] = self.now().isoformat()
+            await self.state.put_incident(info)
+            for s in await self.state.incident_suggestions(incident_id):
+                if s["state"] in ACTIVE:
+                    await self._retract(s, "incident closed")
+            if incident_id in self._applied:
+                await self._core(self.coordinator.close_incident, incident_id)
+                self._applied.pop(incident_id, None)
+                self._seen.pop(incident_id, None)
+        self._audit(actor, "incident_closed", incident_id=incident_id, commune=info.get("commune"))
+        await self._publish_op(
+            self.communes_of(info), {"type": "incident", "event": "closed", "incident": _public(info)}
+        )
+        return info
+
+    async def share_incident(self, incident_id: str, communes: Sequence[str], actor: Actor) -> Json:
+        async with self.state.lock(incident_id):
+            info = await self.incident(incident_id)
+            shared = list(dict.fromkeys([*info.get("shared_with", []), *communes]))
+            info["shared_with"] = [c for c in shared if c != info.get("commune")]
+            await self.state.put_incident(info)
+            if incident_id in self._applied:
+                await self._core(self.coordinator.share_incident, incident_id, info["shared_with"])
+        self._audit(
+            actor,
+            "share",
+            incident_id=incident_id,
+            commune=info.get("commune"),
+            payload={"communes": list(communes)},
+        )
+        await self._publish_op(
+            self.communes_of(info), {"type": "incident", "event": "shared", "incident": _public(info)}
+        )
+        return info
+
+    # -----------------------------------------------------------------------------------------
+    # Sightings in
+
+    async def submit_sighting(self, sighting: Sighting, actor: Actor) -> m.SightingAck:
+        """Check and queue one sighting; idempotent on ``source_event_id``."""
+        try:
+            self.city.cameras.view(sighting.camera_id)
+        except KeyError:
+            self.metrics.sightings_rejected.labels("unknown_camera").inc()
+            raise ServiceError(
+                422, m.ErrorCode.unknown_camera, f"unknown camera {sighting.camera_id!r}"
+            ) from None
+        info = await self.incident(sighting.incident_id)
+        if info.get("closed_at"):
+            raise ServiceError(
+                409, m.ErrorCode.incident_closed, f"incident {sighting.incident_id!r} is closed"
+            )
+        # Queue first, claim after: a crash between the two only makes a retry queue it again
+        # (the stream handler skips what the incident's log already holds); the other order
+        # could answer "duplicate" for a sighting that never reached the stream.
+        if await self.state.has_event(sighting.source_event_id):
+            self.metrics.sightings.labels("duplicate").inc()
+            return m.SightingAck(source_event_id=sighting.source_event_id, accepted=True, duplicate=True)
+        last = info.get("_last_observed_at")
+        late = last is not None and sighting.observed_at < datetime.fromisoformat(last)
+        payload = sighting.model_dump(mode="json")
+        payload["_received_ns"] = _epoch_ns()
+        payload["_actor"] = [actor.subject, actor.role]
+        await self.bus.submit(payload)
+        if not await self.state.claim_event(sighting.source_event_id):
+            self.metrics.sightings.labels("duplicate").inc()  # a concurrent copy won the claim
+            return m.SightingAck(source_event_id=sighting.source_event_id, accepted=True, duplicate=True)
+        self.metrics.sightings.labels("late" if late else "accepted").inc()
+        self._audit(
+            actor,
+            "sighting_received",
+            incident_id=sighting.incident_id,
+            commune=info.get("commune"),
+            payload=sighting.model_dump(mode="json"),
+        )
+        return m.SightingAck(source_event_id=sighting.source_event_id, accepted=True, late=late)
+
+    async def _sync(self, info: Json) -> None:
+        """Bring this worker's Coordinator up to date with the incident's log (caller holds the lock)."""
+        incident_id = info["incident_id"]
+        if incident_id not in self._applied:
+            origin = info.get("_origin")
+            # opened, but with no origin the Coordinator cannot describe it yet and refuses
+            with contextlib.suppress(NoBeliefError):
+                await self._core(
+                    self.coordinator.open_incident,
+                    incident_id,
+                    at=datetime.fromisoformat(info["opened_at"]),
+                    commune=info.get("commune"),
+                    origin_lonlat=LonLat(origin[0], origin[1]) if origin else None,
+                )
+            if info.get("shared_with"):
+                await self._core(self.coordinator.share_incident, incident_id, info["shared_with"])
+            self._applied[incident_id] = 0
+            self._seen[incident_id] = set()
+        missing = await self.state.sightings(incident_id, self._applied[incident_id])
+        for raw in missing:
+            sighting = Sighting.model_validate(raw)
+            try:
+                await self._core(self.coordinator.ingest, sighting)
+            except Exception:
+                log.exception("replaying sighting %s failed", sighting.source_event_id)
+            self._seen[incident_id].add(sighting.source_event_id)
+        self._applied[incident_id] += len(missing)
+
+    async def _sync_crews(self, exclude: frozenset[str] = frozenset()) -> None:
+        """Give the Coordinator the crews (from the state store). Status changes go at once;
+        position-only changes at most every ``crew_refresh_s`` (each push re-plans every incident)."""
+        version, status_version = await self.state.crew_versions()
+        now = self.now()
+        status_key = (status_version, exclude)
+        if status_key == self._crew_status_key:
+            if version == self._crew_version:
+                return
+            if (
+                self._crews_pushed_at is not None
+                and (now - self._crews_pushed_at).total_seconds() < self.crew_refresh_s
+            ):
+                return
+        crews = await self.state.crews()
+        objects = []
+        for c in crews:
+            if "_edge" not in c:
+                continue
+            if c["crew_id"] in exclude:
+                c = dict(c, status="busy")
+            objects.append(self._crew_factory(c, EdgePosition(int(c["_edge"]), float(c["_offset_m"]))))
+        # The Coordinator re-plans every open incident, and refuses one with no position yet.
+        with contextlib.suppress(NoBeliefError):
+            await self._core(self.coordinator.set_crews, objects, now)
+        self._crew_status_key, self._crew_version, self._crews_pushed_at = status_key, version, now
+
+    async def handle_sighting(self, payload: Json) -> None:
+        """Bus handler: apply one sighting (idempotent), publish what changed."""
+        received_ns = payload.pop("_received_ns", None)
+        payload.pop("_actor", None)
+        sighting = Sighting.model_validate(payload)
+        incident_id = sighting.incident_id
+        async with self.state.lock(incident_id):
+            info = await self.state.get_incident(incident_id)
+            if info is None or info.get("closed_at"):
+                log.warning(
+                    "sighting %s for unknown or closed incident %s dropped",
+                    sighting.source_event_id,
+                    incident_id,
+                )
+                return
+            await self._sync(info)
+            if sighting.source_event_id in self._seen[incident_id]:
+                self.metrics.sightings.labels("redelivered").inc()
+                return
+            await self._sync_crews(await self._declined(incident_id))
+            try:
+                outcome = await self._core(self.coordinator.ingest, sighting)
+            except KeyError as exc:  # unknown camera / incident raced with a config change
+                log.warning("sighting %s refused by the core: %s", sighting.source_event_id, exc)
+                return
+            except NoBeliefError:
+                # A late sighting older than the track's start: the tracker kept it but the core
+                # could not plan at its time; plan at the latest time seen instead.
+                last_seen = info.get("_last_observed_at")
+                at = datetime.fromisoformat(last_seen) if last_seen else self.now()
+                try:
+                    plan = await self._core(self.coordinator.replan, incident_id, at)
+                except NoBeliefError:
+                    plan = None
+                outcome = _LateOutcome(plan)
+            await self.state.append_sighting(incident_id, sighting.model_dump(mode="json"))
+            self._applied[incident_id] += 1
+            self._seen[incident_id].add(sighting.source_event_id)
+            last = info.get("_last_observed_at")
+            late = last is not None and sighting.observed_at < datetime.fromisoformat(last)
+            if not late:
+                info["_last_observed_at"] = sighting.observed_at.isoformat()
+            info["n_sightings"] = int(info.get("n_sightings", 0)) + 1
+            plan = getattr(outcome, "plan", None)
+            if plan is not None:
+                info["plan_version"] = int(plan.version)
+            await self.state.put_incident(info)
+            await self._publish_outcome(info, sighting, outcome, late=late, received_ns=received_ns)
+        self.processed += 1
+        self.metrics.sightings_processed.inc()
+
+    async def _declined(self, incident_id: str) -> frozenset[str]:
+        return frozenset(
+            s["crew_id"]
+            for s in await self.state.incident_suggestions(incident_id)
+            if s["state"] == "declined"
+        )
+
+    async def _publish_outcome(
+        self, info: Json, sighting: Sighting, outcome: Any, *, late: bool, received_ns: int | None
+    ) -> None:
+        communes = self.communes_of(info)
+        camera = self.city.cameras.cameras[sighting.camera_id]
+        update = getattr(outcome, "update", None)
+        flag = getattr(update, "flag", None)
+        await self._publish_op(
+            communes,
+            {
+                "type": "sighting",
+                "incident_id": sighting.incident_id,
+                "camera_id": sighting.camera_id,
+                "observed_at": sighting.observed_at.isoformat(),
+                "source_kind": str(sighting.source_kind),
+                "source_event_id": sighting.source_event_id,
+                "lon": camera.lon,
+                "lat": camera.lat,
+                "late": late,
+                "flag": None if flag is None else f"{flag.reason}: {flag.detail}",
+            },
+        )
+        view: Json = dict(await self.state.get_view(sighting.incident_id) or {})
+        belief = getattr(outcome, "belief", None)
+        if belief is not None:
+            track = {
+                "type": "track",
+                "incident_id": sighting.incident_id,
+                "at": belief.at.isoformat(),
+                "lon": float(belief.mean_lonlat.lon),
+                "lat": float(belief.mean_lonlat.lat),
+                "sigma_along_m": float(belief.sigma_along_m),
+                "speed_mps": float(belief.speed_mps),
+                "heading_deg": None if belief.heading_deg is None else float(belief.heading_deg),
+                "since_last_sighting_s": float(belief.since_last_sighting_s),
+                "last_camera_id": belief.last_camera_id,
+                "n_sightings": int(belief.n_sightings),
+            }
+            view["track"] = track
+            await self._publish_op(communes, track)
+        prediction = getattr(outcome, "prediction", None)
+        if prediction is not None:
+            geojson = self._prediction_geojson(prediction)
+            view["prediction"] = geojson
+            await self._publish_op(
+                communes,
+                {
+                    "type": "prediction",
+                    "incident_id": sighting.incident_id,
+                    "at": prediction.at.isoformat(),
+                    "geojson": geojson,
+                },
+            )
+        plan = getattr(outcome, "plan", None)
+        if plan is not None:
+            view["plan"] = await self._apply_plan(info, plan, received_ns=received_ns)
+        await self.state.put_view(sighting.incident_id, view)
+
+    async def _mode(self, info: Json) -> m.DispatchMode:
+        commune = info.get("commune")
+        if commune:
+            mode = (await self.state.modes()).get(commune)
+            if mode:
+                return m.DispatchMode(mode)
+        return self.default_mode
+
+    async def _apply_plan(self, info: Json, plan: PlanLike, *, received_ns: int | None) -> Json:
+        """Turn a plan into suggestion states and messages (caller holds the incident's lock)."""
+        incident_id = info["incident_id"]
+        communes = self.communes_of(info)
+        mode = await self._mode(info)
+        current = {
+            s["crew_id"]: s
+            for s in await self.state.incident_suggestions(incident_id)
+            if s["state"] in ACTIVE
+        }
+        planned: set[str] = set()
+        bodies: dict[str, Json] = {}  # the plan's suggestions as the operator sees them
+        ended: list[str] = []  # suggestions no longer in force
+        for sug in plan.suggestions:
+            planned.add(sug.crew_id)
+            old = current.get(sug.crew_id)
+            if old is not None and old["suggestion_id"] == sug.suggestion_id:
+                bodies[sug.suggestion_id] = _public(old)
+                continue  # the same suggestion kept by the planner
+            same_target = old is not None and int(old["target_node"]) == int(sug.target_node)
+            if old is not None and old["state"] in DELIVERED and same_target:
+                state = m.SuggestionState(old["state"])
+            elif mode is m.DispatchMode.approval:
+                state = m.SuggestionState.pending_approval
+            else:
+                state = m.SuggestionState.sent
+            body = suggestion_body(sug, state)
+            body["_communes"] = communes
+            old_delivered = old is not None and old["state"] in DELIVERED
+            if old is not None:
+                old["state"] = "superseded"
+                old["_delivered"] = old_delivered or bool(old.get("_delivered"))
+                await self.state.put_suggestion(old)
+                ended.append(old["suggestion_id"])
+            await self.state.put_suggestion(body)
+            public = _public(body)
+            bodies[sug.suggestion_id] = public
+            if state is m.SuggestionState.pending_approval:
+                if old is not None and old_delivered:  # the crew must not keep acting on the old one
+                    await self._tell_retracted(old, f"new target awaiting approval (plan v{plan.version})")
+                continue
+            if old is not None and old_delivered:
+                message: Json = {
+                    "type": "suggestion_update",
+                    "expires_at": public["expires_at"],
+                    "replaces": old["suggestion_id"],
+                    "suggestion": public,
+                }
+            else:
+                message = {"type": "suggestion", "expires_at": public["expires_at"], "suggestion": public}
+            await self._to_crew(sug.crew_id, message, received_ns=received_ns)
+            self._audit(
+                SYSTEM,
+                "suggestion_issued",
+                incident_id=incident_id,
+                commune=info.get("commune"),
+                payload=public,
+            )
+        for crew_id, old in current.items():
+            if crew_id not in planned:
+                await self._retract(old, f"superseded by plan v{plan.version}", publish=False)
+                ended.append(old["suggestion_id"])
+        summary = {
+            "type": "plan",
+            "incident_id": incident_id,
+            "version": int(plan.version),
+            "at": plan.at.isoformat(),
+            "coverage_probability": float(plan.coverage_probability),
+            "suggestion_ids": [s.suggestion_id for s in plan.suggestions],
+            "suggestions": [bodies[s.suggestion_id] for s in plan.suggestions if s.suggestion_id in bodies],
+            "ended": ended,
+            "holds": list(plan.holds),
+            "dispatch_mode": mode.value,
+        }
+        await self._publish_op(communes, summary)
+        return summary
+
+    async def _retract(self, suggestion: Json, reason: str, *, publish: bool = True) -> None:
+        delivered = suggestion["state"] in DELIVERED
+        suggestion["state"] = "retracted"
+        suggestion["_delivered"] = delivered or bool(suggestion.get("_delivered"))
+        await self.state.put_suggestion(suggestion)
+        if publish:
+            communes = suggestion.get("_communes", [])
+            await self._publish_op(communes, {"type": "suggestion", "suggestion": _public(suggestion)})
+        if delivered:
+            await self._tell_retracted(suggestion, reason)
+
+    async def _tell_retracted(self, suggestion: Json, reason: str) -> None:
+        await self._to_crew(
+            suggestion["crew_id"],
+            {
+                "type": "suggestion_retracted",
+                "suggestion_id": suggestion["suggestion_id"],
+                "incident_id": suggestion["incident_id"],
+                "crew_id": suggestion["crew_id"],
+                "reason": reason,
+            },
+        )
+
+    # -----------------------------------------------------------------------------------------
+    # Publishing
+
+    async def _to_crew(self, crew_id: str, message: Json, *, received_ns: int | None = None) -> None:
+        message = dict(message, sent_at=self.now().isoformat())
+        stamped = await self.state.crew_append(crew_id, message)
+        self.metrics.crew_messages.inc()
+        event: Json = {"kind": "crew", "crew_id": crew_id, "message": stamped}
+        if received_ns is not None:
+            event["received_ns"] = received_ns
+        await self.bus.publish(event)
+
+    async def _publish_op(self, communes: list[str] | None, message: Json) -> None:
+        await self.bus.publish({"kind": "op", "communes": communes, "message": message})
+
+    async def handle_event(self, event: Json) -> None:
+        """Bus listener: route an event to this worker's connections."""
+        kind = event.get("kind")
+        if kind == "crew":
+            self.hub.to_crew(str(event["crew_id"]), dict(event["message"]))
+            received_ns = event.get("received_ns")
+            if received_ns is not None:
+                self.metrics.sighting_to_crew.observe((_epoch_ns() - int(received_ns)) / 1e9)
+        elif kind == "op":
+            self.hub.to_operators(event.get("communes"), dict(event["message"]))
+
+    # -----------------------------------------------------------------------------------------
+    # Crews
+
+    async def report_crew(
+        self,
+        crew_id: str,
+        *,
+        lon: float | None,
+        lat: float | None,
+        heading_deg: float | None,
+        status: m.CrewStatusName | None,
+        commune: str | None,
+        actor: Actor,
+    ) -> Json:
+        """A crew's position and/or status (REST or tablet)."""
+        old = await self.state.get_crew(crew_id)
+        if old is None and (lon is None or lat is None):
+            raise ServiceError(404, m.ErrorCode.unknown_crew, f"crew {crew_id!r} has no position yet")
+        crew: Json = dict(old or {})
+        crew["crew_id"] = crew_id
+        if lon is not None and lat is not None:
+            pos = self.snapper.snap(lon, lat, heading_deg=heading_deg)
+            crew.update(lon=lon, lat=lat, heading_deg=heading_deg, _edge=pos.edge, _offset_m=pos.offset_m)
+        if status is not None:
+            crew["status"] = status.value
+        crew.setdefault("status", m.CrewStatusName.available.value)
+        if commune is not None:
+            crew["commune"] = commune
+        elif "commune" not in crew and actor.communes is not None and len(actor.communes) == 1:
+            crew["commune"] = next(iter(actor.communes))
+        crew.setdefault("commune", None)
+        crew["updated_at"] = self.now().isoformat()
+        crew.setdefault("heading_deg", None)
+        await self.state.put_crew(crew)
+        public = _public_crew(crew)
+        if status is not None and (old is None or old.get("status") != status.value):
+            self._audit(
+                actor,
+                "crew_state",
+                commune=crew.get("commune"),
+                payload={"crew_id": crew_id, "status": status.value},
+            )
+        await self._publish_op(
+            [crew["commune"]] if crew.get("commune") else [], {"type": "crew", "crew": public}
+        )
+        return public
+
+    async def crew_snapshot(self, crew_id: str) -> list[Json]:
+        """The crew's current suggestions: delivered and not expired (never an expired one)."""
+        now = self.now()
+        return [
+            _public(s)
+            for s in await self.state.suggestions()
+            if s["crew_id"] == crew_id
+            and s["state"] in DELIVERED
+            and datetime.fromisoformat(s["expires_at"]) > now
+        ]
+
+    async def operator_snapshot(self, actor: Actor) -> Json:
+        now = self.now()
+        incidents = [i for i in await self.state.incidents() if self._visible(actor, self.communes_of(i))]
+        ids = {i["incident_id"] for i in incidents}
+        suggestions = [
+            _public(s)
+            for s in await self.state.suggestions()
+            if s["incident_id"] in ids
+            and s["state"] in ACTIVE
+            and datetime.fromisoformat(s["expires_at"]) > now
+        ]
+        crews = [
+            _public_crew(c)
+            for c in await self.state.crews()
+            if "lon" in c and self._visible(actor, [c["commune"]] if c.get("commune") else [])
+        ]
+        return {"incidents": [_public(i) for i in incidents], "suggestions": suggestions, "crews": crews}
+
+    @staticmethod
+    def _visible(actor: Actor, communes: list[str]) -> bool:
+        return actor.communes is None or bool(actor.communes.intersection(communes))
+
+    async def _suggestion_for(self, suggestion_id: str, actor: Actor) -> Json:
+        s = await self.state.get_suggestion(suggestion_id)
+        if s is None:
+            raise ServiceError(404, m.ErrorCode.unknown_suggestion, f"unknown suggestion {suggestion_id!r}")
+        if actor.crew_id is not None and s["crew_id"] != actor.crew_id:
+            raise ServiceError(404, m.ErrorCode.unknown_suggestion, f"unknown suggestion {suggestion_id!r}")
+        if actor.crew_id is None and not self._visible(actor, s.get("_communes", [])):
+            raise ServiceError(404, m.ErrorCode.unknown_suggestion, f"unknown suggestion {suggestion_id!r}")
+        return s
+
+    async def crew_decision(
+        self,
+        actor: Actor,
+        decision: str,
+        suggestion_id: str | None,
+        *,
+        reason: str | None = None,
+        incident_id: str | None = None,
+    ) -> Json | None:
+        """accept / decline / in_position / contact from a tablet."""
+        s: Json | None = None
+        if suggestion_id is not None:
+            s = await self._suggestion_for(suggestion_id, actor)
+            incident_id = s["incident_id"]
+            if decision in ("accept", "in_position"):
+                if s["state"] not in DELIVERED:
+                    raise ServiceError(
+                        409, m.ErrorCode.unknown_suggestion, f"suggestion {suggestion_id!r} is {s['state']}"
+                    )
+                if datetime.fromisoformat(s["expires_at"]) <= self.now():
+                    raise ServiceError(
+                        409, m.ErrorCode.suggestion_expired, f"suggestion {suggestion_id!r} has expired"
+                    )
+        info = await self.state.get_incident(incident_id) if incident_id else None
+        communes = self.communes_of(info) if info else []
+        if s is not None and decision in ("accept", "decline", "in_position"):
+            async with self.state.lock(s["incident_id"]):
+                s = await self._suggestion_for(s["suggestion_id"], actor)
+                s["state"] = {"accept": "accepted", "decline": "declined", "in_position": "in_position"}[
+                    decision
+                ]
+                await self.state.put_suggestion(s)
+            await self._publish_op(communes, {"type": "suggestion", "suggestion": _public(s)})
+        self._audit(
+            actor,
+            "crew_decision",
+            incident_id=incident_id,
+            commune=info.get("commune") if info else None,
+            payload={"decision": decision, "suggestion_id": suggestion_id, "crew_id": actor.crew_id},
+            reason=reason,
+        )
+        await self._publish_op(
+            communes,
+            {
+                "type": "decision",
+                "actor": actor.subject,
+                "role": actor.role,
+                "decision": decision,
+                "suggestion_id": suggestion_id,
+                "incident_id": incident_id,
+                "crew_id": actor.crew_id,
+                "reason": reason,
+            },
+        )
+        if decision == "decline" and info is not None and s is not None:
+            await self.replan(info["incident_id"])
+        return None if s is None else _public(s)
+
+    async def replan(self, incident_id: str) -> None:
+        """Ask the core for a new plan now (after a decline, an operator's retraction)."""
+        async with self.state.lock(incident_id):
+            info = await self.incident(incident_id)
+            if info.get("closed_at"):
+                return
+            await self._sync(info)
+            if self._applied.get(incident_id, 0) == 0:
+                return  # nothing to plan from yet
+            await self._sync_crews(await self._declined(incident_id))
+            plan = await self._core(self.coordinator.replan, incident_id, self.now())
+            if plan is not None:
+                view = dict(await self.state.get_view(incident_id) or {})
+                view["plan"] = await self._apply_plan(info, plan, received_ns=None)
+                await self.state.put_view(incident_id, view)
+
+    # -----------------------------------------------------------------------------------------
+    # Operators
+
+    async def operator_decision(self, actor: Actor, msg: m.ApproveMsg | m.ModifyMsg | m.RetractMsg) -> Json:
+        s = await self._suggestion_for(msg.suggestion_id, actor)
+        incident_id = s["incident_id"]
+        reason: str | None = None
+        async with self.state.lock(incident_id):
+            s = await self._suggestion_for(msg.suggestion_id, actor)
+            if s["state"] not in ACTIVE:
+                raise ServiceError(
+                    409, m.ErrorCode.unknown_suggestion, f"suggestion {msg.suggestion_id!r} is {s['state']}"
+                )
+            if isinstance(msg, m.ApproveMsg):
+                if datetime.fromisoformat(s["expires_at"]) <= self.now():
+                    raise ServiceError(
+                        409, m.ErrorCode.suggestion_expired, f"suggestion {msg.suggestion_id!r} has expired"
+                    )
+                if s["state"] == "pending_approval":
+                    s["state"] = "sent"
+                    await self.state.put_suggestion(s)
+                    public = _public(s)
+                    await self._to_crew(
+                        s["crew_id"],
+                        {"type": "suggestion", "expires_at": public["expires_at"], "suggestion": public},
+                    )
+                    self._audit(SYSTEM, "suggestion_issued", incident_id=incident_id, payload=public)
+            elif isinstance(msg, m.RetractMsg):
+                reason = msg.reason
+                await self._retract(s, msg.reason)
+            else:
+                s = await self._modify(s, msg)
+        self._audit(
+            actor,
+            "operator_decision",
+            incident_id=incident_id,
+            payload=msg.model_dump(mode="json"),
+            reason=reason,
+        )
+        communes = s.get("_communes", [])
+        await self._publish_op(communes, {"type": "suggestion", "suggestion": _public(s)})
+        await self._publish_op(
+            communes,
+            {
+                "type": "decision",
+                "actor": actor.subject,
+                "role": actor.role,
+                "decision": msg.type,
+                "suggestion_id": msg.suggestion_id,
+                "incident_id": incident_id,
+                "crew_id": s["crew_id"],
+                "reason": reason,
+            },
+        )
+        return _public(s)
+
+    async def _modify(self, s: Json, msg: m.ModifyMsg) -> Json:
+        new = dict(s)
+        n = int(s.get("_modified", 0)) + 1
+        base = re.sub(r":m\d+$", "", s["suggestion_id"])
+        new["suggestion_id"] = f"{base[: 64 - len(f':m{n}')]}:m{n}"  # stays a valid identifier
+        new["_modified"] = n
+        if msg.lon is not None and msg.lat is not None:
+            pos = self.snapper.snap(msg.lon, msg.lat)
+            node = int(self.city.graph.edge_v[pos.edge])
+            lon, lat = self.city.graph.node_lonlat[node]
+            new.update(
+                lon=float(lon), lat=float(lat), target_node=node, route_lonlat=[], turns=[], street_names=[]
+            )
+            new["reason"] = f"target set by operator; was {s['reason']}"[:500]
+        if msg.crew_id is not None:
+            if await self.state.get_crew(msg.crew_id) is None:
+                raise ServiceError(404, m.ErrorCode.unknown_crew, f"unknown crew {msg.crew_id!r}")
+            new["crew_id"] = msg.crew_id
+        new["state"] = "sent"
+        delivered = s["state"] in DELIVERED
+        s["state"] = "superseded"
+        s["_delivered"] = delivered or bool(s.get("_delivered"))
+        await self.state.put_suggestion(s)
+        await self.state.put_suggestion(new)
+        public = _public(new)
+        if delivered and s["crew_id"] == new["crew_id"]:
+            await self._to_crew(
+                new["crew_id"],
+                {
+                    "type": "suggestion_update",
+                    "expires_at": public["expires_at"],
+                    "replaces": s["suggestion_id"],
+                    "suggestion": public,
+                },
+            )
+        else:
+            if delivered:
+                await self._tell_retracted(s, "reassigned by operator")
+            await self._to_crew(
+                new["crew_id"],
+                {"type": "suggestion", "expires_at": public["expires_at"], "suggestion": public},
+            )
+        self._audit(SYSTEM, "suggestion_issued", incident_id=new["incident_id"], payload=public)
+        return new
+
+    async def set_mode(self, commune: str, mode: m.DispatchMode, actor: Actor) -> None:
+        await self.state.set_mode(commune, mode.value)
+        self._audit(actor, "dispatch_mode", commune=commune, payload={"mode": mode.value})
+
+    # -----------------------------------------------------------------------------------------
+    # Views
+
+    async def incident_state(self, incident_id: str) -> Json:
+        """Track belief, prediction and suggestions of an incident as GeoJSON feature collections."""
+        info = await self.incident(incident_id)
+        view = await self.state.get_view(incident_id) or {}
+        now = self.now()
+        features: list[Json] = []
+        track = view.get("track")
+        if track:
+            features.append(
+                {
+                    "type": "Feature",
+                    "geometry": {"type": "Point", "coordinates": [track["lon"], track["lat"]]},
+                    "properties": {
+                        "kind": "track",
+                        **{k: v for k, v in track.items() if k not in ("lon", "lat", "type")},
+                    },
+                }
+            )
+        for s in await self.state.incident_suggestions(incident_id):
+            if s["state"] not in ACTIVE:
+                continue
+            if datetime.fromisoformat(s["expires_at"]) <= now:
+                continue
+            props = {k: v for k, v in _public(s).items() if k not in ("lon", "lat", "route_lonlat")}
+            features.append(
+                {
+                    "type": "Feature",
+                    "geometry": {"type": "Point", "coordinates": [s["lon"], s["lat"]]},
+                    "properties": {"kind": "suggestion", **props},
+                }
+            )
+            if s.get("route_lonlat"):
+                features.append(
+                    {
+                        "type": "Feature",
+                        "geometry": {"type": "LineString", "coordinates": s["route_lonlat"]},
+                        "properties": {
+                            "kind": "crew_route",
+                            "suggestion_id": s["suggestion_id"],
+                            "crew_id": s["crew_id"],
+                        },
+                    }
+                )
+        return {
+            "incident": _public(info),
+            "track": {"type": "FeatureCollection", "features": features},
+            "prediction": view.get("prediction") or {"type": "FeatureCollection", "features": []},
+            "plan": view.get("plan"),
+        }
+
+    def validate_sighting(self, raw: Any) -> Sighting:
+        try:
+            return Sighting.model_validate(raw)
+        except ValidationError:
+            raise
+
+
+@dataclass(frozen=True, slots=True)
+class _LateOutcome:
+    plan: Any
+    update: Any = None
+    belief: Any = None
+    prediction: Any = None
+
+
+def _public(d: Json) -> Json:
+    return {k: v for k, v in d.items() if not k.startswith("_")}
+
+
+def _epoch_ns() -> int:
+    return time.time_ns()
+
+
+def _default_crew_factory(crew: Json, position: EdgePosition) -> Any:
+    from guidance.types import Crew, CrewStatus
+
+    return Crew(
+        crew_id=crew["crew_id"],
+        position=position,
+        heading_deg=crew.get("heading_deg"),
+        status=CrewStatus(crew.get("status", "available")),
+        commune=crew.get("commune"),
+    )
+
+
+def _default_prediction_geojson(city: City) -> Callable[[Any], dict[str, Any]]:
+    try:
+        fn = importlib.import_module("guidance.geojson").prediction_geojson
+    except (ImportError, AttributeError):
+        return lambda _prediction: {"type": "FeatureCollection", "features": []}
+
+    def convert(prediction: Any) -> dict[str, Any]:
+        out = fn(prediction, city.graph)
+        return dict(out)
+
+    return convert
