@@ -1,0 +1,251 @@
+"""Ways of directing crews, measured side by side under the same outcome rules.
+
+* ``guidance`` — Cordon itself: :class:`guidance.coordinator.Coordinator`, the very facade the
+  server drives. It gets the incident, every delivered sighting (``source_kind=simulation``,
+  ``observed_at`` the true pass time) and the crews' positions, all stamped with simulated
+  time; the crews follow its suggestions.
+* ``chase`` — every crew drives to the last sighting, then follows the suspect when in view.
+* ``nearest`` — the crew nearest the last sighting goes there (and follows when in view);
+  the rest stay.
+* ``static`` — every crew holds its position.
+
+Baselines know the incident's crossing at ``t = 0`` (as guidance does) and the crossing
+nearest each reported camera; they are told nothing else about the suspect. "In view" is the
+crew's own sight (``crew_model.sight_m``), not a camera.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from sim.scenario import Scenario
+from sim.world import CityContext, CrewAgent, SimSighting, World
+
+
+class StaticPolicy:
+    """Crews hold where they are."""
+
+    name = "static"
+
+    def start(self, world: World, t: float) -> None:
+        return None
+
+    def on_delivery(self, world: World, sighting: SimSighting, t: float) -> None:
+        return None
+
+    def on_tick(self, world: World, t: float) -> None:
+        return None
+
+    def on_crew_arrival(self, world: World, crew: CrewAgent, t: float) -> None:
+        return None
+
+    def finish(self, world: World) -> None:
+        return None
+
+
+class _LastSighting:
+    """The latest known position of the suspect (by observed time) as a crossing."""
+
+    def __init__(self) -> None:
+        self.node = -1
+        self.observed_t = -1.0
+
+    def update(self, world: World, sighting: SimSighting) -> bool:
+        if sighting.observed_t <= self.observed_t:
+            return False  # an older report delivered late changes nothing
+        node = world.ctx.camera_node.get(sighting.camera_id)
+        if node is None:
+            return False
+        self.node, self.observed_t = node, sighting.observed_t
+        return True
+
+
+def _follow(world: World, crew: CrewAgent, fallback: int | None, t: float, source: str) -> None:
+    """Follow the suspect when the crew sees it (at once), else head for ``fallback``."""
+    seen = world.suspect_in_view(crew, t)
+    if seen is not None:
+        world.order(crew.crew_id, seen, source=source, own_sight=True)
+    elif fallback is not None:
+        world.order(crew.crew_id, fallback, source=source)
+
+
+class ChasePolicy:
+    """Every crew drives to the last sighting, then follows the suspect when it sees it."""
+
+    name = "chase"
+
+    def __init__(self) -> None:
+        self.last = _LastSighting()
+
+    def start(self, world: World, t: float) -> None:
+        self.last.node, self.last.observed_t = world.origin, 0.0
+        for crew in world.crews:
+            world.order(crew.crew_id, world.origin, source=self.name)
+
+    def on_delivery(self, world: World, sighting: SimSighting, t: float) -> None:
+        if self.last.update(world, sighting):
+            for crew in world.crews:
+                _follow(world, crew, self.last.node, t, self.name)
+
+    def on_tick(self, world: World, t: float) -> None:
+        for crew in world.crews:
+            _follow(world, crew, self.last.node, t, self.name)
+
+    def on_crew_arrival(self, world: World, crew: CrewAgent, t: float) -> None:
+        _follow(world, crew, None, t, self.name)
+
+    def finish(self, world: World) -> None:
+        return None
+
+
+class NearestPolicy:
+    """The crew nearest (by driving time) the last sighting goes there; the others stay."""
+
+    name = "nearest"
+
+    def __init__(self) -> None:
+        self.last = _LastSighting()
+        self.sent: str | None = None
+
+    def _send(self, world: World, t: float) -> None:
+        to_target = world.navigator.times_to([self.last.node])
+        heads = np.array([world.crew_heading_node(c) for c in world.crews], dtype=np.int64)
+        if heads.size == 0:
+            return
+        crew = world.crews[int(np.argmin(to_target[heads]))]
+        self.sent = crew.crew_id
+        _follow(world, crew, self.last.node, t, self.name)
+
+    def start(self, world: World, t: float) -> None:
+        self.last.node, self.last.observed_t = world.origin, 0.0
+        self._send(world, t)
+
+    def on_delivery(self, world: World, sighting: SimSighting, t: float) -> None:
+        if self.last.update(world, sighting):
+            self._send(world, t)
+
+    def on_tick(self, world: World, t: float) -> None:
+        if self.sent is not None:
+            _follow(world, world.crew(self.sent), self.last.node, t, self.name)
+
+    def on_crew_arrival(self, world: World, crew: CrewAgent, t: float) -> None:
+        if crew.crew_id == self.sent:
+            _follow(world, crew, None, t, self.name)
+
+    def finish(self, world: World) -> None:
+        return None
+
+
+class GuidancePolicy:
+    """Cordon's tracker and planner, through :class:`guidance.coordinator.Coordinator`."""
+
+    name = "guidance"
+
+    def __init__(self, coordinator: Any, *, replan_on_delivery: bool = True) -> None:
+        self.coordinator = coordinator
+        self.replan_on_delivery = replan_on_delivery
+        self.incident_id = "sim"
+        self.plans = 0
+
+    def _crews(self, world: World, t: float) -> list[Any]:
+        from guidance.types import Crew, CrewStatus
+
+        return [
+            Crew(
+                crew_id=c.crew_id,
+                position=world.crew_position(c, t),
+                heading_deg=None,
+                status=CrewStatus.available,
+                commune=None,
+                speed_factor=c.speed_factor,
+            )
+            for c in world.crews
+        ]
+
+    def _apply(self, world: World, plan: Any) -> None:
+        if plan is None:
+            return
+        self.plans += 1
+        for s in plan.suggestions:
+            world.note_suggestion(s.crew_id, int(s.target_node), int(plan.version))
+            world.order(s.crew_id, int(s.target_node), source=self.name)
+
+    def _replan(self, world: World, t: float) -> None:
+        """Give the crews' positions at ``t`` (which re-plans) and follow the plan."""
+        plans = self.coordinator.set_crews(self._crews(world, t), world.at(t))
+        plan = plans.get(self.incident_id)
+        if plan is None:
+            plan = self.coordinator.replan(self.incident_id, world.at(t))
+        self._apply(world, plan)
+
+    def start(self, world: World, t: float) -> None:
+        from map_data.types import LonLat
+
+        self.incident_id = f"sim-{world.scenario.seed}"
+        lon, lat = world.graph.node_lonlat[world.origin]
+        self.coordinator.open_incident(
+            self.incident_id, at=world.at(t), origin_lonlat=LonLat(float(lon), float(lat))
+        )
+        self._replan(world, t)
+
+    def on_delivery(self, world: World, sighting: SimSighting, t: float) -> None:
+        """As the server does: ingest the sighting (stamped with the time it was seen); then,
+        with ``replan_on_delivery``, give the crews' current positions, which re-plans at the
+        time of delivery (plans then go forward in time); otherwise follow the ingest's plan."""
+        from tracking.types import Sighting, SourceKind
+
+        outcome = self.coordinator.ingest(
+            Sighting(
+                incident_id=self.incident_id,
+                camera_id=sighting.camera_id,
+                observed_at=world.at(sighting.observed_t),
+                source_kind=SourceKind.simulation,
+                source_event_id=f"{self.incident_id}-{sighting.n}",
+            )
+        )
+        if self.replan_on_delivery:
+            self._replan(world, t)
+        else:
+            self._apply(world, outcome.plan)
+
+    def on_tick(self, world: World, t: float) -> None:
+        self._replan(world, t)
+
+    def on_crew_arrival(self, world: World, crew: CrewAgent, t: float) -> None:
+        return None
+
+    def finish(self, world: World) -> None:
+        self.coordinator.close_incident(self.incident_id)
+
+
+def coordinator_for(ctx: CityContext) -> Any:
+    """The Coordinator of a city, built once per :class:`CityContext` (per batch worker)."""
+    got = ctx.extras.get("coordinator")
+    if got is None:
+        from guidance.coordinator import Coordinator
+
+        got = Coordinator(ctx.city)
+        ctx.extras["coordinator"] = got
+    return got
+
+
+POLICY_FACTORIES: dict[str, Callable[[CityContext], Any]] = {
+    "static": lambda ctx: StaticPolicy(),
+    "chase": lambda ctx: ChasePolicy(),
+    "nearest": lambda ctx: NearestPolicy(),
+    "guidance": lambda ctx: GuidancePolicy(coordinator_for(ctx)),
+}
+
+
+def make_policy(scenario: Scenario, ctx: CityContext) -> Any:
+    """The policy named by ``scenario.policy``."""
+    try:
+        factory = POLICY_FACTORIES[scenario.policy]
+    except KeyError:
+        raise ValueError(
+            f"unknown policy {scenario.policy!r}; expected one of {sorted(POLICY_FACTORIES)}"
+        ) from None
+    return factory(ctx)
