@@ -130,7 +130,10 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
             if time.monotonic() > deadline:
                 pytest.fail(f"server not up after 90 s: {(data / 'server.log').read_text()[-3000:]}")
             time.sleep(0.3)
-        features = client.get("/api/map/cameras.geojson").json()["features"]
+        operator = client.get("/api/dev/tokens", params={"role": "operator"}).json()["token"]
+        features = client.get(
+            "/api/map/cameras.geojson", headers={"Authorization": f"Bearer {operator}"}
+        ).json()["features"]
         cameras = {f["properties"]["camera_id"]: tuple(f["geometry"]["coordinates"]) for f in features}
         yield Server(url, client, cameras)
     finally:
@@ -570,7 +573,7 @@ def test_trainer_plays_a_replay_and_shows_the_outcome(
     errors: list[str] = []
     page = browser.new_page(viewport=DESK)
     _watch_errors(page, errors)
-    page.goto(f"{server.url}/trainer?token={server.token('supervisor')}")
+    page.goto(f"{server.url}/trainer?token={server.token('trainer')}")
     page.set_input_files('[data-testid="replay-file"]', str(_handmade_replay(tmp_path / "run.jsonl")))
     page.wait_for_selector('body[data-replay="loaded"]', timeout=WAIT_MS)
     assert page.inner_text('[data-testid="outcome-kind"]') == "Interception"
@@ -602,5 +605,25 @@ def test_trainer_plays_a_replay_and_shows_the_outcome(
         page.wait_for_selector('[data-testid="outcome-kind"]')
         _scrub(page, 0.7)
     page.screenshot(path=str(shots / "trainer.png"))
+    assert not errors, errors
+    page.close()
+
+
+def test_trainer_starts_a_server_run_speeds_it_up_and_gets_its_replay(server: Server, browser: Any) -> None:
+    errors: list[str] = []
+    page = browser.new_page(viewport=DESK)
+    _watch_errors(page, errors)
+    page.goto(f"{server.url}/trainer?token={server.token('trainer')}")
+    page.wait_for_selector('[data-testid="sim-start"]:not([disabled])', timeout=WAIT_MS)
+    page.select_option('[data-testid="scenario-select"]', "demo")
+    page.click('[data-testid="sim-start"]')
+    page.wait_for_selector('[data-testid="sim-status"]:has-text("running")', timeout=WAIT_MS)
+    page.wait_for_selector('[data-testid="sim-speed"]:not([disabled])', timeout=WAIT_MS)
+    page.select_option('[data-testid="sim-speed"]', "60")
+    page.wait_for_selector('[data-testid="sim-status"]:has-text("×60")', timeout=WAIT_MS)
+    # at ×60 the 10-minute scenario ends within 10 s; the page then loads the run's replay
+    page.wait_for_selector('body[data-replay="loaded"]', timeout=60_000)
+    assert page.inner_text('[data-testid="outcome-kind"]') in ("Interception", "Fuite", "Temps écoulé")
+    assert "finished" in page.inner_text('[data-testid="sim-status"]')
     assert not errors, errors
     page.close()
