@@ -28,8 +28,24 @@ def run(
     seed: int | None = typer.Option(None, help="Override the scenario's seed"),
     out: Path = typer.Option(Path("sim-out"), help="Directory for the replay and the map"),
     plot: bool = typer.Option(True, help="Draw the run's map (PNG)"),
+    server: str | None = typer.Option(
+        None,
+        "--server",
+        help="Drive a running server (cordon serve --clock simulation) as its clients: "
+        "sightings over REST, crews as tablets following its suggestions",
+    ),
+    token: str | None = typer.Option(
+        None, help="With --server: a trainer's token (default: the server's demo token endpoint)"
+    ),
+    crew_tokens: Path | None = typer.Option(
+        None, help='With --server: JSON file {"crew-1": "<token>", ...} (default: demo tokens)'
+    ),
+    plan_timeout: float = typer.Option(10.0, help="With --server: seconds to wait for each answer"),
 ) -> None:
-    """One run: prints the outcome, writes its replay file (JSON lines) and a map."""
+    """One run: prints the outcome, writes its replay file (JSON lines) and a map.
+
+    With ``--server URL`` the crews are directed by that server instead of an in-process
+    Coordinator (see docs/simulator.md, "Driving a live server")."""
     from sim.outcomes import recompute
     from sim.replay import read_replay, write_replay
     from sim.scenario import ScenarioError, build_city, load_scenario
@@ -41,9 +57,32 @@ def run(
     except (ScenarioError, ValueError, OSError) as exc:
         raise _fail(exc) from exc
     start = time.perf_counter()
-    result = run_scenario(ctx, scenario)
+    live_stats = None
+    if server is None:
+        result = run_scenario(ctx, scenario)
+    else:
+        import httpx
+
+        from serving.client import CordonHTTPError
+        from sim.live import LiveError, run_live_sync
+
+        try:
+            tokens = _crew_tokens(crew_tokens) if crew_tokens is not None else None
+            live = run_live_sync(
+                ctx,
+                scenario,
+                server,
+                token=token,
+                crew_tokens=tokens,
+                plan_timeout_s=plan_timeout,
+                echo=typer.echo,
+            )
+        except (LiveError, CordonHTTPError, httpx.HTTPError, ValueError, OSError) as exc:
+            raise _fail(exc) from exc
+        result, live_stats = live.result, live.stats
+        scenario = result.scenario
     wall = time.perf_counter() - start
-    stem = f"{scenario.name}-{scenario.policy}-s{scenario.seed}"
+    stem = f"{scenario.name}-{scenario.policy}{'-live' if server else ''}-s{scenario.seed}"
     replay_path = write_replay(result, out / f"{stem}.replay.jsonl")
     o = result.outcome
     typer.echo(f"scenario  {scenario.name} (policy {scenario.policy}, seed {scenario.seed})")
@@ -53,6 +92,15 @@ def run(
     typer.echo(f"sightings {len(result.recording.sightings)} delivered")
     typer.echo(f"crew km   {result.crew_km:.2f}")
     typer.echo(f"replay    {replay_path}")
+    if live_stats is not None:
+        s = live_stats
+        got = sum(s.suggestions_received.values())
+        typer.echo(f"server    {s.base_url}, incident {s.incident_id}")
+        typer.echo(
+            f"live      {s.sightings_posted} sightings posted, {s.plans} plans, {got} suggestions on "
+            f"{len(s.suggestions_received)} tablets, {s.accepted} accepted, {s.declined} declined, "
+            f"{s.in_position} in position, {s.plan_timeouts} timeouts"
+        )
     verdict = recompute(read_replay(replay_path))
     if verdict.kind != o.kind or verdict.crew_id != o.crew_id or len(verdict.contacts) != len(o.contacts):
         typer.echo(
@@ -64,6 +112,19 @@ def run(
         png = run_map_png(read_replay(replay_path), out / f"{stem}.map.png", graph=ctx.graph)
         typer.echo(f"map       {png}")
     typer.echo(f"wall      {wall:.2f} s")
+
+
+def _crew_tokens(path: Path) -> dict[str, str]:
+    """``{"crew-1": "<token>", ...}`` from a JSON file."""
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not JSON: {exc}") from exc
+    if not isinstance(doc, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in doc.items()
+    ):
+        raise ValueError(f'{path}: expected an object {{"crew-1": "<token>", ...}}')
+    return doc
 
 
 @sim_app.command("batch")
