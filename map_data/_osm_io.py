@@ -1,4 +1,5 @@
-"""Private I/O: read OSM XML safely (defusedxml) and keep only the drivable ways.
+"""Private file I/O of map_data: compressed files, GeoJSON FeatureCollections, and OSM XML
+read safely (defusedxml) keeping only the drivable ways.
 
 The output is the Overpass-like JSON that osmnx builds its graphs from, so that the street
 graph is made by osmnx's own code (one-way handling, simplification) from a filtered input.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import bz2
 import gzip
+import json
 import lzma
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -77,8 +79,55 @@ def is_drivable(tags: Mapping[str, Any]) -> bool:
     return True
 
 
+def first_value(value: Any) -> Any:
+    """osmnx keeps a list when merged ways disagree; take the first value (``None`` if empty)."""
+    if isinstance(value, list):
+        return value[0] if value else None
+    return value
+
+
+def as_flag(value: Any) -> bool:
+    """An OSM yes/no tag (or an osmnx list of them) as a bool: true when any value says yes.
+
+    ``""``, ``no``, ``false``, ``0``, ``nan``, ``None`` and NaN are false.
+    """
+    values = value if isinstance(value, list) else [value]
+    for item in values:
+        if isinstance(item, str):
+            if item.strip().lower() not in ("", "no", "false", "0", "nan"):
+                return True
+        elif item is not None and item == item and bool(item):
+            return True
+    return False
+
+
+def as_text(value: Any) -> str:
+    """A tag value as a string (the first of a list); ``""`` for ``None`` and NaN."""
+    value = first_value(value)
+    return "" if value is None or value != value else str(value)
+
+
+def read_feature_collection(path: Path, what: str) -> list[Any]:
+    """The ``features`` list of a GeoJSON FeatureCollection file.
+
+    Raises :class:`MapFileError` naming ``path`` (and ``what`` it should hold, e.g. "camera")
+    when the file is missing, unreadable or not a FeatureCollection.
+    """
+    if not path.is_file():
+        raise MapFileError(f"{path}: {what} file not found")
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise MapFileError(f"{path}: not a readable GeoJSON file: {exc}") from exc
+    features = doc.get("features") if isinstance(doc, dict) else None
+    if not isinstance(features, list):
+        raise MapFileError(f"{path}: not a GeoJSON FeatureCollection (no 'features' list)")
+    return features
+
+
 @contextmanager
-def _open(path: Path) -> Iterator[BinaryIO]:
+def open_compressed(path: Path) -> Iterator[BinaryIO]:
+    """Open ``path`` for binary reading, decompressing ``.bz2``, ``.gz`` and ``.xz``."""
     name = path.name.lower()
     if name.endswith(".bz2"):
         with bz2.open(path, "rb") as fh:
@@ -110,7 +159,7 @@ def read_drivable_osm(path: Path) -> dict[str, Any]:
     ways: list[dict[str, Any]] = []
     root_tag: str | None = None
     try:
-        with _open(path) as fh:
+        with open_compressed(path) as fh:
             for event, elem in iterparse(fh, events=("start", "end"), forbid_dtd=True):
                 if event == "start":
                     if root_tag is None:

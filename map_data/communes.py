@@ -6,7 +6,6 @@ overlap (sloppy boundaries), the first one in the given order wins.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from pyproj import Transformer
 from shapely.geometry import shape
 from shapely.geometry.base import BaseGeometry
 
+from map_data._osm_io import read_feature_collection
 from map_data.errors import MapDataError, MapFileError
 from map_data.network_types import Commune
 
@@ -30,15 +30,7 @@ def communes_from_geojson(path: str | Path) -> tuple[Commune, ...]:
     Raises :class:`MapFileError` naming the file and, for a bad feature, its index.
     """
     path = Path(path)
-    if not path.is_file():
-        raise MapFileError(f"{path}: commune file not found")
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise MapFileError(f"{path}: not a readable GeoJSON file: {exc}") from exc
-    features = doc.get("features") if isinstance(doc, dict) else None
-    if not isinstance(features, list):
-        raise MapFileError(f"{path}: not a GeoJSON FeatureCollection (no 'features' list)")
+    features = read_feature_collection(path, "commune")
     communes = []
     seen: set[str] = set()
     for i, feature in enumerate(features):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
 from typing import Any
 
 import networkx as nx
@@ -11,6 +10,7 @@ import numpy as np
 import scipy.sparse as sp
 from pyproj import Transformer
 
+from map_data._osm_io import as_flag, as_text, first_value
 from map_data.errors import EmptyGraphError, GraphAttributeError
 from map_data.types import CompiledGraph, road_rank
 
@@ -19,25 +19,6 @@ COMPILER_VERSION = "1"
 
 _REQUIRED_NODE = ("x", "y", "lon", "lat")
 _REQUIRED_EDGE = ("length", "travel_time", "speed_kph", "highway")
-
-
-def _first(value: Any) -> Any:
-    """osmnx keeps a list when merged ways disagree; take the first value."""
-    if isinstance(value, list):
-        return value[0] if value else None
-    return value
-
-
-def _text(value: Any) -> str:
-    value = _first(value)
-    return "" if value is None or value != value else str(value)  # NaN != NaN
-
-
-def _flag(value: Any) -> bool:
-    value = _first(value)
-    if isinstance(value, str):
-        return value.lower() not in ("", "no", "false", "0")
-    return bool(value) and value == value
 
 
 def validate_graph(G: nx.MultiDiGraph) -> None:
@@ -64,16 +45,21 @@ def validate_graph(G: nx.MultiDiGraph) -> None:
 
 
 def graph_hash(G: nx.MultiDiGraph) -> str:
-    """Content hash of the routing-relevant parts of ``G`` (and of the compiler version)."""
+    """Content hash of ``G`` as the core reads it (and of the compiler version).
+
+    Covers node positions and communes, and edge lengths, travel times, road classes, names
+    and communes: a change to any of them (e.g. a new commune file tagging the same streets)
+    is a different graph version and a different cache entry.
+    """
     h = hashlib.sha256(COMPILER_VERSION.encode())
     h.update(str(G.graph.get("crs")).encode())
     for node, data in sorted(G.nodes(data=True), key=lambda nd: nd[0]):
-        h.update(f"{node}:{data['x']:.3f}:{data['y']:.3f};".encode())
+        h.update(f"{node}:{data['x']:.3f}:{data['y']:.3f}:{as_text(data.get('commune'))};".encode())
     for u, v, k, data in sorted(G.edges(keys=True, data=True), key=lambda e: (e[0], e[1], e[2])):
         h.update(
             f"{u}>{v}/{k}:{float(data['length']):.3f}:{float(data['travel_time']):.4f}:"
-            f"{_text(data.get('highway'))}:{_text(data.get('name'))}:"
-            f"{_text(data.get('commune'))};".encode()
+            f"{as_text(data.get('highway'))}:{as_text(data.get('name'))}:"
+            f"{as_text(data.get('commune'))};".encode()
         )
     return h.hexdigest()[:16]
 
@@ -110,7 +96,7 @@ def compile_graph(G: nx.MultiDiGraph, *, version: str | None = None) -> Compiled
     n = len(osmids)
     node_xy = np.array([[G.nodes[o]["x"], G.nodes[o]["y"]] for o in osmids], dtype=np.float64)
     node_lonlat = np.array([[G.nodes[o]["lon"], G.nodes[o]["lat"]] for o in osmids], dtype=np.float64)
-    node_commune = tuple(_text(G.nodes[o].get("commune")) or None for o in osmids)
+    node_commune = tuple(as_text(G.nodes[o].get("commune")) or None for o in osmids)
 
     edges = sorted(G.edges(keys=True, data=True), key=lambda e: (e[0], e[1], e[2]))
     m = len(edges)
@@ -119,14 +105,16 @@ def compile_graph(G: nx.MultiDiGraph, *, version: str | None = None) -> Compiled
     edge_key = np.fromiter((int(e[2]) for e in edges), dtype=np.int64, count=m)
     length = np.fromiter((float(e[3]["length"]) for e in edges), dtype=np.float64, count=m)
     time_s = np.fromiter((float(e[3]["travel_time"]) for e in edges), dtype=np.float64, count=m)
-    speed = np.fromiter((float(_first(e[3]["speed_kph"])) / 3.6 for e in edges), dtype=np.float64, count=m)
-    highway = tuple(_text(e[3].get("highway")) for e in edges)
+    speed = np.fromiter(
+        (float(first_value(e[3]["speed_kph"])) / 3.6 for e in edges), dtype=np.float64, count=m
+    )
+    highway = tuple(as_text(e[3].get("highway")) for e in edges)
     rank = np.fromiter((road_rank(h) for h in highway), dtype=np.int64, count=m)
-    names = tuple(_text(e[3].get("name")) for e in edges)
-    oneway = np.fromiter((_flag(e[3].get("oneway", False)) for e in edges), dtype=np.bool_, count=m)
-    bridge = np.fromiter((_flag(e[3].get("bridge", False)) for e in edges), dtype=np.bool_, count=m)
-    tunnel = np.fromiter((_flag(e[3].get("tunnel", False)) for e in edges), dtype=np.bool_, count=m)
-    edge_commune = tuple(_text(e[3].get("commune")) or None for e in edges)
+    names = tuple(as_text(e[3].get("name")) for e in edges)
+    oneway = np.fromiter((as_flag(e[3].get("oneway", False)) for e in edges), dtype=np.bool_, count=m)
+    bridge = np.fromiter((as_flag(e[3].get("bridge", False)) for e in edges), dtype=np.bool_, count=m)
+    tunnel = np.fromiter((as_flag(e[3].get("tunnel", False)) for e in edges), dtype=np.bool_, count=m)
+    edge_commune = tuple(as_text(e[3].get("commune")) or None for e in edges)
 
     polylines = [_edge_polyline(G, e[0], e[1], e[3]) for e in edges]
     geom_ptr = np.zeros(m + 1, dtype=np.int64)
@@ -181,8 +169,3 @@ def compile_graph(G: nx.MultiDiGraph, *, version: str | None = None) -> Compiled
         pair_edge=pair_edge,
         node_index=node_index,
     )
-
-
-def osmids_of(graph: CompiledGraph, nodes: Iterable[int]) -> list[int]:
-    """osmnx node ids of compiled node indices."""
-    return [int(graph.node_osmid[i]) for i in nodes]

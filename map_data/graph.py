@@ -25,7 +25,7 @@ import networkx as nx
 import osmnx as ox
 from pyproj import CRS
 
-from map_data._osm_io import is_drivable, read_drivable_osm
+from map_data._osm_io import as_flag, first_value, is_drivable, read_drivable_osm
 from map_data.errors import EmptyGraphError, MapDataError, MapFileError, NetworkUnavailableError
 from map_data.speeds import SpeedTable, set_speeds
 from map_data.types import road_rank
@@ -188,7 +188,7 @@ def _build(
     for _, data in G.nodes(data=True):
         data["x"], data["y"] = float(data["x"]), float(data["y"])
         if "exit" in data:  # generated cities mark their exits; GraphML gives back a string
-            data["exit"] = _flag(data["exit"])
+            data["exit"] = as_flag(data["exit"])
     for u, v, data in G.edges(data=True):
         _normalise_edge(G, u, v, data)
     set_speeds(G, speeds, keep_existing=keep_speeds)
@@ -208,37 +208,20 @@ def _largest_scc(G: nx.MultiDiGraph) -> nx.MultiDiGraph:
     return nx.MultiDiGraph(G.subgraph(best))
 
 
-def _first(value: Any) -> Any:
-    if isinstance(value, list):
-        return value[0] if value else None
-    return value
-
-
-def _flag(value: Any) -> bool:
-    values = value if isinstance(value, list) else [value]
-    for item in values:
-        if isinstance(item, str):
-            if item.strip().lower() not in ("", "no", "false", "0", "nan"):
-                return True
-        elif item is not None and item == item and bool(item):
-            return True
-    return False
-
-
 def _normalise_edge(G: nx.MultiDiGraph, u: Any, v: Any, data: dict[str, Any]) -> None:
     highway = data.get("highway")
     if isinstance(highway, list):  # merged ways of several classes: keep the most important
         highway = min((str(h) for h in highway), key=road_rank)
     data["highway"] = str(highway)
-    name = _first(data.get("name"))
+    name = first_value(data.get("name"))
     if name is None or name != name:
         data.pop("name", None)
     else:
         data["name"] = str(name)
-    data["oneway"] = _flag(data.get("oneway", False))
-    data["bridge"] = _flag(data.get("bridge", False))
-    data["tunnel"] = _flag(data.get("tunnel", False))
-    length = float(_first(data.get("length", 0.0)) or 0.0)
+    data["oneway"] = as_flag(data.get("oneway", False))
+    data["bridge"] = as_flag(data.get("bridge", False))
+    data["tunnel"] = as_flag(data.get("tunnel", False))
+    length = float(first_value(data.get("length", 0.0)) or 0.0)
     if not length > 0:  # osmnx measures great-circle lengths; coincident nodes give 0
         a, b = G.nodes[u], G.nodes[v]
         length = max(0.1, ((a["x"] - b["x"]) ** 2 + (a["y"] - b["y"]) ** 2) ** 0.5)

@@ -89,7 +89,8 @@ class CompiledGraph:
         ``geom_xy[geom_ptr[e]:geom_ptr[e+1]]``; ``geom_lonlat`` holds the same points in WGS84.
     Routing matrices
         ``time_csr`` (n×n, scipy CSR) holds, for each ordered node pair joined by an edge, the
-        shortest such edge's travel time; ``pair_edge`` (same sparsity) the index of that edge.
+        fastest such edge's travel time; ``pair_edge`` (same sparsity) that edge's index plus
+        one (0 = no edge; read it with :meth:`edge_between`).
     ``version`` is a hash of the source graph's content and of the compiler version; it keys the
     on-disk cache and is recorded with every suggestion for replay.
     """
@@ -153,7 +154,7 @@ class CompiledGraph:
         """Fastest edge from node ``u`` to node ``v``; ``KeyError`` when none."""
         e = int(self.pair_edge[u, v])
         if e == 0:
-            raise KeyError((u, v))
+            raise KeyError(f"no edge from node {u} to node {v} in graph {self.name!r}")
         return e - 1
 
     def reverse_edge(self, edge: int) -> int | None:

@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 
 from map_data.cameras import (
+    CROSSING_RANGE_M,
     DEFAULT_FOV_DEG,
+    DEFAULT_RANGE_M,
     build_camera_network,
     build_camera_network_report,
     cameras_from_csv,
@@ -281,6 +283,8 @@ def test_paris_police_cameras(paris: CompiledGraph, shared_maps: Path) -> None:
     cams = cameras_from_geojson(shared_maps / "paris_cameras.geojson")
     assert len(cams) == 707
     assert all(c.heading_deg is None and c.label for c in cams)  # no direction recorded: discs
+    # All are police domes at crossings ("croisement"): they reach CROSSING_RANGE_M, not 40 m.
+    assert {c.range_m for c in cams} == {CROSSING_RANGE_M} and CROSSING_RANGE_M > DEFAULT_RANGE_M
     inside = [c for c in cams if _inside_bbox(c)]
     outside = [c for c in cams if not _inside_bbox(c)]
     assert len(inside) == 46
@@ -288,7 +292,8 @@ def test_paris_police_cameras(paris: CompiledGraph, shared_maps: Path) -> None:
     mapped = coverage.network.cameras
     # The drivable strongly connected graph covers a bit less than the bounding box, so a few
     # of the 46 fall outside its extent or see no drivable street; the rest map.
-    assert 36 <= len(mapped) <= 46
+    # At 60 m, 39 of the 46 map (3 lie beyond the graph's extent, 4 see no drivable street).
+    assert len(mapped) == 39
     assert all(_inside_bbox(mapped[cid]) for cid in mapped)
     n_spans = [len(coverage.network.views[cid].spans) for cid in mapped]
     assert min(n_spans) >= 1
@@ -299,6 +304,38 @@ def test_paris_police_cameras(paris: CompiledGraph, shared_maps: Path) -> None:
         build_camera_network(paris, [*list(mapped.values())[:3], outside[0]])
     for span in (s for v in coverage.network.views.values() for s in v.spans):
         assert 0.0 <= span.start_m < span.end_m <= paris.edge_length_m[span.edge] + 1e-6
+
+
+def test_crossing_range_is_configurable(paris: CompiledGraph, shared_maps: Path) -> None:
+    path = shared_maps / "paris_cameras.geojson"
+    near = cameras_from_geojson(path, crossing_range_m=DEFAULT_RANGE_M)
+    assert {c.range_m for c in near} == {DEFAULT_RANGE_M}
+    at_40 = build_camera_network(paris, near, strict=False)
+    at_60 = build_camera_network(paris, cameras_from_geojson(path), strict=False)
+    assert len(at_40.cameras) == 38 and len(at_60.cameras) == 39
+    assert set(at_40.on_edge) < set(at_60.on_edge)  # a longer reach sees strictly more streets
+
+
+def test_crossing_range_only_for_domes_at_crossings(tmp_path: Path) -> None:
+    def feature(i: int, **props: object) -> dict[str, object]:
+        return {
+            "type": "Feature",
+            "geometry": {"type": "Point", "coordinates": [2.36, 48.86]},
+            "properties": {"id": f"c{i}", **props},
+        }
+
+    path = tmp_path / "cams.geojson"
+    features = [
+        feature(0, placement="croisement"),
+        feature(1, placement="Carrefour"),
+        feature(2, placement="croisement", range_m=25),  # an explicit range wins
+        feature(3, placement="croisement", heading_deg=90),  # a fixed camera facing one way
+        feature(4, placement="façade"),
+        feature(5),
+    ]
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
+    ranges = [c.range_m for c in cameras_from_geojson(path, crossing_range_m=75.0)]
+    assert ranges == [75.0, 75.0, 25.0, DEFAULT_RANGE_M, DEFAULT_RANGE_M, DEFAULT_RANGE_M]
 
 
 def test_helsinki_osm_cameras(shared_maps: Path) -> None:

@@ -225,6 +225,27 @@ def test_builder_attributes(synthetic: Path) -> None:
     assert compiled.n_nodes == 6 and compiled.n_edges == 11 and compiled.name == "synthetic"
 
 
+@pytest.mark.parametrize(
+    "way",
+    [
+        (101, [6, 5, 4], {"highway": "residential", "oneway": "-1"}),  # drawn backwards
+        (101, [4, 5, 6], {"highway": "residential", "junction": "roundabout"}),  # implied one-way
+    ],
+)
+def test_one_way_direction_follows_the_osm_tags(
+    tmp_path: Path, way: tuple[int, list[int], dict[str, str]]
+) -> None:
+    path = tmp_path / "oneway.osm"
+    path.write_text(_osm_xml([w for w in _WAYS if w[0] != 101] + [way]), encoding="utf-8")
+    G = graph_from_xml(path)
+    # Either way the street is driven 4 -> 6 only, as in the fixture's "Rue Basse".
+    assert G.has_edge(4, 6) and not G.has_edge(6, 4)
+    assert G.edges[4, 6, 0]["oneway"] is True
+    compiled = compile_graph(G)
+    e = compiled.edge_between(compiled.node_index[4], compiled.node_index[6])
+    assert bool(compiled.edge_oneway[e]) and compiled.reverse_edge(e) is None
+
+
 def test_custom_speed_table(synthetic: Path) -> None:
     table = SpeedTable(road_kph={**SpeedTable().road_kph, "residential": 50.0})
     G = graph_from_xml(synthetic, speeds=table)

@@ -75,6 +75,11 @@ def test_shortest_path_prefers_the_fast_diagonals(sketch: CompiledGraph) -> None
     assert shortest_path(sketch, 4, 0) == [4, 1, 0]
     edges = path_edges(sketch, [0, 3, 2])
     assert float(sketch.edge_time_s[edges].sum()) == pytest.approx(10 * S2)
+    # Not a path (0 and 2 are not neighbours; 1 -> 4 is against the one-way): the error says so.
+    with pytest.raises(KeyError, match="no edge from node 0 to node 2"):
+        path_edges(sketch, [0, 2])
+    with pytest.raises(KeyError, match="no edge from node 1 to node 4"):
+        sketch.edge_between(1, 4)
 
 
 def test_times_from_positions_drive_to_the_edge_end(sketch: CompiledGraph) -> None:
@@ -82,6 +87,32 @@ def test_times_from_positions_drive_to_the_edge_end(sketch: CompiledGraph) -> No
     times = times_from_positions(sketch, [EdgePosition(e01, 40.0)])[0]
     # 60 m left to node 1 (6 s), then on: 0 via 1 -> 0, 2 via 1 -> 2.
     np.testing.assert_allclose(times, [16.0, 6.0, 16.0, 16.0 + 5 * S2, 26.0], atol=1e-9)
+
+
+def test_times_from_positions_edge_cases(sketch: CompiledGraph) -> None:
+    e01 = sketch.edge_between(0, 1)
+    # No position: an empty (0, n) answer, not a crash on min() of nothing.
+    assert times_from_positions(sketch, []).shape == (0, 5)
+    assert times_from_positions(sketch, [], limit_s=10.0).shape == (0, 5)
+    # Offsets outside the edge are clamped: before the tail = at the tail, past the head = at it.
+    before, past, end = times_from_positions(
+        sketch, [EdgePosition(e01, -50.0), EdgePosition(e01, 250.0), EdgePosition(e01, 100.0)]
+    )
+    np.testing.assert_allclose(before, times_from_positions(sketch, [EdgePosition(e01, 0.0)])[0])
+    np.testing.assert_allclose(past, end)
+    assert past[1] == 0.0
+    with pytest.raises(IndexError, match="edge 99"):
+        times_from_positions(sketch, [EdgePosition(99, 0.0)])
+    with pytest.raises(ValueError, match=f"edge {e01}: offset_m nan"):
+        times_from_positions(sketch, [EdgePosition(e01, math.nan)])
+
+
+def test_node_queries_name_a_node_outside_the_graph(sketch: CompiledGraph) -> None:
+    assert times_from_nodes(sketch, []).shape == (0, 5)
+    with pytest.raises(IndexError, match="node 7"):
+        times_from_nodes(sketch, [0, 7])
+    with pytest.raises(IndexError, match="node -1"):
+        times_to_nodes(sketch, [-1])
 
 
 # --------------------------------------------------------------------------- real maps
@@ -148,6 +179,20 @@ def test_load_compiled_caches_by_graph_hash(
     _assert_same(second, compiled)
     np.testing.assert_array_equal(times_from_nodes(second, [0, 5]), times_from_nodes(compiled, [0, 5]))
     assert load_compiled(G, cache_dir=None).version == compiled.version
+
+
+def test_a_node_commune_change_is_a_new_cache_entry(tmp_path: Path) -> None:
+    # Communes retagged so that only a crossing changes commune (the edges keep theirs): the
+    # cache must not hand back the old node communes, which guidance's commune rules read.
+    G = graph_from_sketch({0: (0, 0), 1: (100, 0), 2: (200, 0), 3: (100, -100), 4: (200, 100)}, _EDGES)
+    for _, data in G.nodes(data=True):
+        data["commune"] = "Metz"
+    before = load_compiled(G, cache_dir=tmp_path)
+    G.nodes[4]["commune"] = "Montigny-lès-Metz"
+    after = load_compiled(G, cache_dir=tmp_path)
+    assert after.version != before.version
+    assert after.node_commune[4] == "Montigny-lès-Metz" and before.node_commune[4] == "Metz"
+    assert len(list(tmp_path.glob("graph-*.npz"))) == 2
 
 
 @pytest.mark.parametrize("damage", ["garbage", "truncated", "empty", "other_graph"])

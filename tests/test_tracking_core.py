@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from datetime import UTC, datetime, timedelta
 
@@ -10,7 +11,8 @@ import pytest
 from pydantic import ValidationError
 from test_tracking_helpers import T0, at, city_from_sketch, edge_of, sighting
 
-from map_data.errors import UnknownCameraError
+from map_data.errors import CameraSeesNothingError, UnknownCameraError
+from map_data.network_types import CameraView
 from map_data.types import EdgePosition
 from tracking.behaviour import BranchContext, RoadBehaviour
 from tracking.config import TrackerConfig
@@ -154,6 +156,28 @@ def test_silent_camera_moves_weight_to_the_other_branch(fork) -> None:
     assert p_south > 0.75
 
 
+def test_camera_seeing_one_edge_twice_conditions_on_the_right_stretch() -> None:
+    # A winding street passes camera c1 twice: it sees two stretches of the same edge 1 -> 2.
+    # The suspect is sighted where the prediction puts it (the far stretch), whichever of the
+    # two stretches the camera's view happens to list last.
+    #
+    #   0 ──c0──► 1 ──c1(20-40)────────c1(300-320)──► 2
+    for spans in ([(1, 2, 300.0, 320.0), (1, 2, 20.0, 40.0)], [(1, 2, 20.0, 40.0), (1, 2, 300.0, 320.0)]):
+        city = city_from_sketch(
+            {0: (0.0, 0.0), 1: (200.0, 0.0), 2: (600.0, 0.0)},
+            [(0, 1), (1, 2)],
+            {"c0": [(0, 1, 90.0, 110.0)], "c1": spans},
+        )
+        tracker = Tracker(city)
+        tracker.update(sighting("c0", 0.0, "ev0", speed_kmh=54.0))  # 15 m/s
+        t = (100.0 + 310.0) / 15.0
+        assert tracker.update(sighting("c1", t, "ev1", speed_kmh=54.0)).accepted
+        b = tracker.belief(at(t))
+        assert b.positions[0].edge == edge_of(city.graph, 1, 2)
+        assert b.positions[0].offset_m == pytest.approx(310.0, abs=15.0)
+        assert b.positions[0].probability > 0.9
+
+
 def test_sighting_on_a_branch_picks_it(fork) -> None:
     g = fork.graph
     tracker = Tracker(fork)
@@ -164,6 +188,29 @@ def test_sighting_on_a_branch_picks_it(fork) -> None:
     assert b.positions[0].probability == pytest.approx(1.0)
     # 100 m to the fork + 125 m to cN in 20 s.
     assert b.speed_mps == pytest.approx(225.0 / 20.0, abs=2.0)
+
+
+def test_a_dead_end_turns_the_suspect_round() -> None:
+    # Two-way street ending at 2; camera cD at the dead end sees both directions there.
+    #
+    #   0 ══c0══ 1 ════════cD 2 (dead end)
+    city = city_from_sketch(
+        {0: (0.0, 0.0), 1: (300.0, 0.0), 2: (600.0, 0.0)},
+        [(0, 1), (1, 2)],
+        {"c0": [(0, 1, 140.0, 160.0)], "cD": [(1, 2, 270.0, 300.0), (2, 1, 0.0, 30.0)]},
+        two_way=True,
+    )
+    tracker = Tracker(city)
+    tracker.update(sighting("c0", 0.0, "ev0", heading_deg=90.0, speed_kmh=43.2))  # 12 m/s east
+    # 45 s at 12 m/s = 540 m past c0: 450 m to the dead end, then 90 m back along 2 -> 1.
+    b = tracker.belief(at(45.0))
+    assert sum(p.probability for p in b.positions) == pytest.approx(1.0)
+    assert b.positions[0].edge == edge_of(city.graph, 2, 1)
+    assert b.positions[0].offset_m == pytest.approx(90.0, abs=30.0)
+    assert b.heading_deg == pytest.approx(270.0, abs=1.0)  # driving west again
+    # Seen again at the dead end's camera on the way back: accepted, on the edge back.
+    assert tracker.update(sighting("cD", 40.0, "ev1")).accepted
+    assert tracker.belief(at(40.0)).positions[0].edge == edge_of(city.graph, 2, 1)
 
 
 # ----------------------------------------------------------------------------- order and duplicates
@@ -223,16 +270,55 @@ def test_unreachable_sighting_is_flagged_and_kept(straight) -> None:
     assert back.flag is not None and "unreachable" in back.flag.detail
 
 
+def test_two_sightings_at_the_same_instant(straight) -> None:
+    # Zero elapsed time: the same camera twice is accepted (and changes nothing but the
+    # spread), a camera 300 m away cannot have been reached in 0 s.
+    tracker = Tracker(straight)
+    tracker.update(sighting("c3", 50.0, "ev0"))
+    again = tracker.update(sighting("c3", 50.0, "ev1"))
+    assert again.accepted and not again.duplicate
+    far = tracker.update(sighting("c4", 50.0, "ev2"))
+    assert not far.accepted and far.flag is not None and far.flag.reason == "unreachable_in_time"
+    assert "0.0 s earlier" in far.flag.detail
+    b = tracker.belief(at(50.0))
+    assert b.positions[0].edge == edge_of(straight.graph, 3, 4)
+    assert b.positions[0].offset_m == pytest.approx(150.0, abs=1.0)
+    assert b.n_sightings == 2 and b.since_last_sighting_s == 0.0
+
+
 def test_before_open_and_unknown_camera(straight) -> None:
     tracker = Tracker(straight, incident_id="inc-1", opened_at=at(60.0))
     early = tracker.update(sighting("c0", 0.0, "ev0"))
     assert not early.accepted and early.flag is not None and early.flag.reason == "before_incident_open"
-    with pytest.raises(UnknownCameraError, match="nowhere"):
+    named = "sighting 'ev1' of incident 'inc-1': unknown camera 'nowhere'"
+    with pytest.raises(UnknownCameraError, match=named):
         tracker.update(sighting("nowhere", 70.0, "ev1"))
     with pytest.raises(WrongIncidentError, match="inc-2"):
         tracker.update(sighting("c1", 70.0, "ev2", incident="inc-2"))
     with pytest.raises(NoBeliefError):
         tracker.belief(at(70.0))
+
+
+def test_bad_camera_leaves_the_tracker_unchanged(straight) -> None:
+    # A camera whose view holds no street (a hand-built network) is refused with its name,
+    # before the tracker records anything, like an unknown camera.
+    blind_views = {**straight.cameras.views, "blind": CameraView("blind", ())}
+    city = dataclasses.replace(straight, cameras=dataclasses.replace(straight.cameras, views=blind_views))
+    tracker = Tracker(city)
+    tracker.update(sighting("c0", 0.0, "ev0"))
+    before = tracker.belief(at(30.0))
+    with pytest.raises(CameraSeesNothingError, match="sighting 'ev1' of incident 'inc-1': camera 'blind'"):
+        tracker.update(sighting("blind", 10.0, "ev1"))
+    with pytest.raises(UnknownCameraError, match="'ev2'"):
+        tracker.update(sighting("nowhere", 5.0, "ev2"))
+    assert [s.source_event_id for s, _, _ in tracker.sightings()] == ["ev0"]
+    assert tracker.belief(at(30.0)) == before
+    # A tracker without an incident yet does not adopt it from a refused sighting.
+    fresh = Tracker(city)
+    with pytest.raises(UnknownCameraError):
+        fresh.update(sighting("nowhere", 5.0, "ev0", incident="inc-x"))
+    assert fresh.incident_id is None
+    assert fresh.update(sighting("c0", 5.0, "ev0", incident="inc-y")).accepted
 
 
 def test_low_confidence_is_flagged(straight) -> None:
@@ -280,6 +366,14 @@ def test_origin_gives_a_belief_before_any_sighting(straight) -> None:
     assert b.since_last_sighting_s == pytest.approx(10.0)
     assert b.positions[0].edge == edge_of(straight.graph, 2, 3)
     assert b.positions[0].offset_m == pytest.approx(220.0, abs=1.0)
+    with pytest.raises(NoBeliefError, match="before the incident was opened"):
+        tracker.belief(at(-5.0))
+    # An offset past the edge's end is its end; a NaN one is refused, naming it.
+    end = Tracker(straight, opened_at=T0, origin=EdgePosition(origin.edge, 300.0))
+    past = Tracker(straight, opened_at=T0, origin=EdgePosition(origin.edge, 1e6))
+    assert past.belief(at(10.0)) == end.belief(at(10.0))
+    with pytest.raises(ValueError, match="origin offset_m nan"):
+        Tracker(straight, opened_at=T0, origin=EdgePosition(origin.edge, math.nan))
 
 
 # ----------------------------------------------------------------------------- behaviour

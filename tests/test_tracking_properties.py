@@ -34,7 +34,8 @@ CITY = city_from_sketch(_NODES, _EDGES, _CAMS, two_way=True)
 sightings_st = st.lists(
     st.tuples(
         st.sampled_from(sorted(_CAMS)),
-        st.floats(min_value=5.0, max_value=60.0),
+        # 0 s: two sightings at the same instant (zero elapsed time between them).
+        st.one_of(st.just(0.0), st.floats(min_value=5.0, max_value=60.0)),
         st.one_of(st.none(), st.floats(min_value=0.0, max_value=359.0)),
     ),
     min_size=1,
@@ -51,7 +52,7 @@ def _events(spec: list[tuple[str, float, float | None]]):
     return out, t
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(spec=sightings_st, extra=st.floats(min_value=0.0, max_value=150.0))
 def test_beliefs_are_well_formed(spec, extra) -> None:
     events, t_end = _events(spec)

@@ -13,6 +13,8 @@ from map_data.compile import compile_graph
 from map_data.graph import graph_from_xml
 from map_data.network_types import City
 from map_data.routing import path_edges, shortest_path
+from map_data.snap import position_xy
+from map_data.types import EdgePosition
 from tracking.roads import RoadIndex
 from tracking.tracker import Tracker
 from tracking.types import Sighting, SourceKind
@@ -42,7 +44,7 @@ def test_follows_a_drive_across_monaco(monaco: City) -> None:
         t += roads.edge_len[e] / speed
     assert len(passes) >= 8
     tracker = Tracker(monaco, roads=roads)
-    for k, (t_s, cid, e, _mid) in enumerate(passes[::2]):  # every other camera reports
+    for k, (t_s, cid, e, mid) in enumerate(passes[::2]):  # every other camera reports
         update = tracker.update(
             Sighting(
                 incident_id="inc-m",
@@ -55,8 +57,15 @@ def test_follows_a_drive_across_monaco(monaco: City) -> None:
         assert update.accepted, update.flag
         belief = tracker.belief(T0 + timedelta(seconds=t_s))
         assert sum(wp.probability for wp in belief.positions) == pytest.approx(1.0)
-        # The camera sees several approaches of its crossing: the truth is among the likely ones.
-        assert any(wp.edge == e for wp in belief.positions)
+        # The camera sees several approaches of its crossing, so the mass spreads over them, but
+        # most of it lies within 60 m of the truth (measured: at least 0.89 at every sighting).
+        truth = position_xy(g, EdgePosition(e, mid))
+        near = sum(
+            wp.probability
+            for wp in belief.positions
+            if math.dist(position_xy(g, EdgePosition(wp.edge, wp.offset_m)), truth) <= 60.0
+        )
+        assert near >= 0.75, (cid, near)
     assert belief.speed_mps == pytest.approx(speed, abs=3.0)
     assert belief.n_sightings == len(passes[::2])
     assert math.isfinite(belief.mean_lonlat.lon) and math.isfinite(belief.sigma_along_m)

@@ -27,7 +27,7 @@ accumulated across queries, so a belief is a pure function of the sightings and 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Container, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,6 +39,9 @@ from tracking.kalman import H_SPEED, predict_batch, update_batch
 from tracking.roads import RoadIndex
 
 _SQRT2 = math.sqrt(2.0)
+#: A stretch a camera sees, for conditioning: its middle along its edge (m), the variance of
+#: a passage in it (m²), and the log-weight of its direction given the reported heading.
+_Stretch = tuple[float, float, float]
 _NEGLIGIBLE_LOG = 25.0  # hypotheses this far (in log-weight) below the best are dropped
 
 
@@ -502,17 +505,22 @@ def condition(
     """
     cfg = ctx.config
     roads = ctx.roads
-    seen: dict[int, tuple[float, float, float]] = {}
+    # Per seen edge, its stretches: (middle, variance of the passage, heading log-weight). A
+    # camera can see one edge in several stretches (a winding street): each is a candidate.
+    seen: dict[int, list[_Stretch]] = {}
     for span in roads.cameras.view(camera_id).spans:
         mid = 0.5 * (span.start_m + span.end_m)
-        seen[span.edge] = (
-            mid,
-            _span_variance(span.start_m, span.end_m, cfg),
-            _direction_log_weight(ctx, span.edge, mid, heading_deg) if heading_deg is not None else 0.0,
+        seen.setdefault(span.edge, []).append(
+            (
+                mid,
+                _span_variance(span.start_m, span.end_m, cfg),
+                _direction_log_weight(ctx, span.edge, mid, heading_deg) if heading_deg is not None else 0.0,
+            )
         )
     lengths = roads.edge_len
-    # Candidates: (parent, route, index of the seen edge in it, its start along the route, extra log prior)
-    cands: list[tuple[int, tuple[int, ...], int, float, float]] = []
+    # Candidates: (parent, route, index of the seen edge in it, its start along the route,
+    # extra log prior, the stretch seen).
+    cands: list[tuple[int, tuple[int, ...], int, float, float, _Stretch]] = []
     s_all = hyps.x[:, 0]
     sig_all = np.sqrt(hyps.P[:, 0, 0])
     reach: list[float] = []
@@ -520,8 +528,8 @@ def condition(
     for i, route in enumerate(hyps.routes):
         c = 0.0
         for j, e in enumerate(route):
-            if e in seen:
-                cands.append((i, route, j, c, 0.0))
+            for stretch in seen.get(e, ()):
+                cands.append((i, route, j, c, 0.0, stretch))
             c += lengths[e]
         r_i = min(
             float(s_all[i] + cfg.lookahead_sigmas * sig_all[i] + cfg.lookahead_extra_m) - c,
@@ -538,12 +546,13 @@ def condition(
         for path, dist, logp in ahead[route[-1]]:
             if dist <= reach[i]:
                 full = route + path
-                cands.append((i, full, len(full) - 1, base + dist, logp))
+                for stretch in seen[full[-1]]:
+                    cands.append((i, full, len(full) - 1, base + dist, logp, stretch))
     if not cands:
         return None
     parents = np.asarray([cd[0] for cd in cands], dtype=np.int64)
-    z = np.asarray([cd[3] + seen[cd[1][cd[2]]][0] for cd in cands], dtype=np.float64)
-    r = np.asarray([seen[cd[1][cd[2]]][1] for cd in cands], dtype=np.float64)
+    z = np.asarray([cd[3] + cd[5][0] for cd in cands], dtype=np.float64)
+    r = np.asarray([cd[5][1] for cd in cands], dtype=np.float64)
     x, P, ll = update_batch(hyps.x[parents], hyps.P[parents], z, r)
     if speed_mps is not None:
         x, P, ll_v = update_batch(
@@ -551,9 +560,7 @@ def condition(
         )
         ll = ll + ll_v
     # Keep the most likely candidates only (the silent-camera factors below can only lower them).
-    pre = (
-        hyps.lw[parents] + np.asarray([cd[4] + seen[cd[1][cd[2]]][2] for cd in cands], dtype=np.float64) + ll
-    )
+    pre = hyps.lw[parents] + np.asarray([cd[4] + cd[5][2] for cd in cands], dtype=np.float64) + ll
     if len(cands) > 2 * cfg.max_hypotheses:
         top = np.sort(np.argsort(-pre, kind="stable")[: 2 * cfg.max_hypotheses])
         cands = [cands[k] for k in top.tolist()]
@@ -564,9 +571,7 @@ def condition(
     last_start: list[float] = []
     anchor: list[float] = []
     lw: list[float] = []
-    for k, (i, route, j, c, extra) in enumerate(cands):
-        edge = route[j]
-        mid, _r, head_lw = seen[edge]
+    for k, (i, route, j, c, extra, (mid, _r, head_lw)) in enumerate(cands):
         w = float(hyps.lw[i]) + extra + float(ll[k]) + head_lw
         w += ctx.passed_log_factor(route, j, float(hyps.anchor[i]), float(z[k]), skip)
         # Cut the route to start at the sighted edge and to end at the edge of the mean.
@@ -615,7 +620,7 @@ def _look_ahead(
     ctx: Context,
     end_edge: int,
     reach_m: float,
-    seen: dict[int, tuple[float, float, float]],
+    seen: Container[int],
 ) -> list[tuple[tuple[int, ...], float, float]]:
     """Paths (edges, distance to their last edge's start, log prior) from the head of
     ``end_edge`` to a seen edge, depth first, up to ``reach_m``."""

@@ -23,6 +23,7 @@ import math
 from dataclasses import dataclass
 from datetime import datetime
 
+from map_data.errors import CameraSeesNothingError, UnknownCameraError
 from map_data.network_types import City
 from map_data.types import EdgePosition, LonLat
 from tracking.behaviour import BranchContext, BranchModel, RoadBehaviour
@@ -102,6 +103,11 @@ class Tracker:
                 raise ValueError(
                     f"origin edge {origin.edge} is not an edge of the graph ({graph.n_edges} edges)"
                 )
+            if not math.isfinite(origin.offset_m):
+                raise ValueError(f"origin offset_m {origin.offset_m!r} on edge {origin.edge} is not finite")
+            # An offset outside the edge is the nearer end of it.
+            length = float(graph.edge_length_m[origin.edge])
+            origin = EdgePosition(origin.edge, min(max(float(origin.offset_m), 0.0), length))
             origin_xy = self.roads.position_xy(origin.edge, origin.offset_m)
             half = origin.offset_m < 0.5 * graph.edge_length_m[origin.edge]
             self._origin_node = int(graph.edge_u[origin.edge] if half else graph.edge_v[origin.edge])
@@ -120,12 +126,12 @@ class Tracker:
     def update(self, sighting: Sighting) -> TrackUpdate:
         """Take one sighting (in any order). The same ``source_event_id`` twice changes nothing.
 
-        Raises :class:`map_data.errors.UnknownCameraError` for a camera the city does not know and
-        :class:`tracking.errors.WrongIncidentError` for another incident's sighting.
+        Raises :class:`map_data.errors.UnknownCameraError` for a camera the city does not know,
+        :class:`map_data.errors.CameraSeesNothingError` for one whose view holds no street, and
+        :class:`tracking.errors.WrongIncidentError` for another incident's sighting; the tracker
+        is left unchanged then.
         """
-        if self.incident_id is None:
-            self.incident_id = sighting.incident_id
-        elif sighting.incident_id != self.incident_id:
+        if self.incident_id is not None and sighting.incident_id != self.incident_id:
             raise WrongIncidentError(
                 f"sighting {sighting.source_event_id!r} is for incident {sighting.incident_id!r}, "
                 f"this tracker follows {self.incident_id!r}"
@@ -133,9 +139,18 @@ class Tracker:
         known = self._outcome.get(sighting.source_event_id)
         if known is not None:
             return TrackUpdate(
-                self.incident_id, sighting.source_event_id, known[0], duplicate=True, flag=known[1]
+                sighting.incident_id, sighting.source_event_id, known[0], duplicate=True, flag=known[1]
             )
-        self.city.cameras.view(sighting.camera_id)  # UnknownCameraError
+        view = self.city.cameras.views.get(sighting.camera_id)
+        where = f"sighting {sighting.source_event_id!r} of incident {sighting.incident_id!r}"
+        if view is None:
+            raise UnknownCameraError(
+                f"{where}: unknown camera {sighting.camera_id!r} "
+                f"(not in the camera network of {self.city.graph.name!r})"
+            )
+        if not view.spans:
+            raise CameraSeesNothingError(f"{where}: camera {sighting.camera_id!r} sees no street")
+        self.incident_id = sighting.incident_id
         key = (sighting.observed_at.timestamp(), sighting.source_event_id)
         pos = bisect.bisect(self._keys, key)
         self._keys.insert(pos, key)
@@ -266,9 +281,15 @@ class Tracker:
         t_s = at.timestamp()
         k = bisect.bisect_right(self._keys, (t_s, "\U0010ffff"))
         hyps = self._steps[k - 1].hyps if k > 0 else self._initial
-        if hyps is None or t_s < hyps.t_s:
+        if hyps is None:
             raise NoBeliefError(
                 f"incident {self.incident_id!r}: no sighting up to {at.isoformat()} and no known origin"
+            )
+        if t_s < hyps.t_s:
+            opened = self.opened_at.isoformat() if self.opened_at is not None else "?"
+            raise NoBeliefError(
+                f"incident {self.incident_id!r}: no belief at {at.isoformat()}, "
+                f"before the incident was opened at {opened}"
             )
         return propagate(self._ctx, hyps, t_s)
 
