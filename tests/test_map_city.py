@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -30,10 +29,8 @@ def city() -> City:
     return default_city()
 
 
-def test_default_city_is_fast_and_deterministic(city: City) -> None:
-    start = time.perf_counter()
+def test_default_city_is_deterministic(city: City) -> None:
     again = default_city()
-    assert time.perf_counter() - start < 3.0
     assert again.graph.version == city.graph.version
     assert list(again.cameras.cameras.values()) == list(city.cameras.cameras.values())
     assert again.communes == city.communes

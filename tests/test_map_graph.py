@@ -377,7 +377,7 @@ def test_no_network_fails_fast_and_restores_osmnx_settings() -> None:
         graph_from_place("Metz, France", timeout_s=2.0, overpass_url=unreachable, nominatim_url=unreachable)
     with pytest.raises(NetworkUnavailableError, match=r"127\.0\.0\.1:9"):
         graph_from_bbox((6.15, 49.10, 6.20, 49.13), timeout_s=2.0, overpass_url=unreachable)
-    assert time.perf_counter() - start < 5.0
+    assert time.perf_counter() - start < 15.0  # refused at once, not after osmnx's retries
     assert (ox.settings.requests_timeout, ox.settings.use_cache, ox.settings.overpass_url) == before
 
 
