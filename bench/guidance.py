@@ -129,7 +129,8 @@ def intercepted(plan: Plan, truth: Truth) -> bool:
 
 
 NOTES = (
-    "plan_ms = predict + plan end to end, wall clock (one incident, 30 crews, max 8 assigned); "
+    "plan_ms = predict + plan end to end, wall clock (one incident, 30 crews, at most "
+    f"{PlannerConfig().max_crews_per_incident} assigned); "
     "cpu_* = the same in thread CPU time (the shared 2-core machine may be loaded by others); "
     "planner_only_ms = plan alone; calibration_90 = share of (suspect, horizon in "
     f"{list(CHECK_S)} s) whose true edge or exit lies in the predicted 90 % set; baseline = "

@@ -45,6 +45,7 @@ class CoverageProblem:
     feasible: BoolArray
     max_assignments: int
     pair_bonus: FloatArray | None = None
+    point_reliability: float = 1.0
 
     def __post_init__(self) -> None:
         n_points, n_routes = self.incidence.shape
@@ -56,6 +57,8 @@ class CoverageProblem:
             raise GuidanceError("pair_bonus must have the shape of feasible")
         if self.max_assignments < 0:
             raise GuidanceError(f"max_assignments must be >= 0, got {self.max_assignments}")
+        if not 0 < self.point_reliability <= 1:
+            raise GuidanceError(f"point_reliability must be in (0, 1], got {self.point_reliability}")
 
     @property
     def n_crews(self) -> int:
@@ -84,6 +87,17 @@ def coverage_value(problem: CoverageProblem, assignment: tuple[int, ...] | list[
         return 0.0
     covered = np.asarray(problem.incidence[points].sum(axis=0)).ravel() > 0
     return float(problem.route_weights[covered].sum())
+
+
+def _residual(w: FloatArray, count: np.ndarray, rho: float) -> FloatArray:
+    """Marginal value of one more manned point on each route: a manned point stops the
+    suspect with probability ``rho``, so a route already passing ``count`` of them adds
+    ``w rho (1 - rho)^count`` (``rho = 1``: plain coverage, uncovered routes only)."""
+    if rho >= 1.0:
+        out: FloatArray = w * (count == 0)
+        return out
+    res: FloatArray = w * rho * (1.0 - rho) ** count
+    return res
 
 
 def _gains(inc_w: sp.csr_matrix, uncovered: FloatArray) -> FloatArray:
@@ -131,7 +145,8 @@ def lazy_greedy(
         raise GuidanceError(f"{-budget} more fixed crews than max_assignments={problem.max_assignments}")
     free = np.array([a < 0 for a in assign], dtype=bool)
 
-    uncovered = w * (count == 0)
+    rho = problem.point_reliability
+    uncovered = _residual(w, count, rho)
     gains = _gains(inc, uncovered)
     while budget > 0 and free.any():
         # Upper bounds first (lazy evaluation): a point's gain only shrinks as crews are placed,
@@ -154,11 +169,19 @@ def lazy_greedy(
         free[c] = False
         budget -= 1
         count[row] += 1
-        uncovered[row] = 0.0
+        uncovered[row] = _residual(w[row], count[row], rho)
         gains = _gains(inc, uncovered)
     if improve:
         _improve(
-            inc, w, feasible, bonus, assign, set((fixed or {}).keys()), problem.max_assignments, min_gain
+            inc,
+            w,
+            feasible,
+            bonus,
+            assign,
+            set((fixed or {}).keys()),
+            problem.max_assignments,
+            min_gain,
+            rho=rho,
         )
     value = coverage_value(problem, assign)
     return CoverageSolution(assignment=tuple(assign), value=value)
@@ -174,10 +197,18 @@ def _improve(
     max_assignments: int,
     min_gain: float,
     rounds: int = 2,
+    rho: float = 1.0,
 ) -> None:
     """Move one crew at a time to its best point given the others (in place)."""
     C, _ = feasible.shape
-    rows = [inc.indices[inc.indptr[p] : inc.indptr[p + 1]] for p in range(inc.shape[0])]
+    indptr, indices = inc.indptr, inc.indices
+
+    class _Rows:
+        def __getitem__(self, p: int) -> np.ndarray:
+            out: np.ndarray = indices[indptr[p] : indptr[p + 1]]
+            return out
+
+    rows = _Rows()
     count = np.zeros(inc.shape[1], dtype=np.int64)
     for a in assign:
         if a >= 0:
@@ -191,7 +222,7 @@ def _improve(
                 continue
             if assign[c] >= 0:
                 count[rows[assign[c]]] -= 1
-            gains = _gains(inc, w * (count == 0))
+            gains = _gains(inc, _residual(w, count, rho))
             mask = feasible[c].copy()
             mask[[a for a in assign if a >= 0 and a != assign[c]]] = False
             score = np.where(mask, gains + bonus[c], -np.inf)

@@ -283,6 +283,8 @@ def destination_posterior(
     *,
     sigma_floor_s: float = 30.0,
     sigma_fraction: float = 0.3,
+    exit_detour_s: float | None = None,
+    exit_detour_fraction: float = 0.5,
 ) -> FloatArray:
     """Weights over destinations after the movement observed so far.
 
@@ -291,7 +293,12 @@ def destination_posterior(
     progress toward it, so the likelihood is
     :math:`\\exp(-(\\max_{d'} g_{d'} - g_d)/\\sigma)` with
     :math:`\\sigma = \\max(\\sigma_0, f \\max_{d'} g_{d'})`, averaged over the position
-    hypotheses; the prior gives each kind its weight, shared evenly among its destinations.
+    hypotheses; the prior gives each kind its weight, shared evenly among its destinations,
+    except exits when ``exit_detour_s`` is set: a driver leaving the map takes one of the
+    exits nearest in time, so within the exit kind the prior is
+    :math:`\\propto \\exp(-(T_d(o) - \\min_{d'} T_{d'}(o)) / s)` with
+    :math:`s = \\max(s_0, f \\min_{d'} T_{d'}(o))` (:math:`s_0` = ``exit_detour_s``) (the extra time over
+    the nearest exit, relative to a scale growing with the distance to it).
     """
     kinds = dests.kinds
     prior = np.array([kind_prior.get(k, 0.0) for k in kinds], dtype=np.float64)
@@ -301,6 +308,13 @@ def destination_posterior(
     if prior.sum() <= 0:
         raise GuidanceError("destination kind prior gives zero weight to every destination")
     t_origin = dests.times_to[:, origin_node]  # (D,)
+    ex = dests.is_exit
+    if exit_detour_s is not None and ex.sum() > 1:
+        t_ex = t_origin[ex]
+        nearest = float(t_ex.min())
+        scale = max(exit_detour_s, exit_detour_fraction * nearest, 1e-9)
+        w = np.exp(-(t_ex - nearest) / scale)
+        prior[ex] = prior[ex].sum() * w / w.sum()
     t_here = dests.times_to[:, heads]  # (D, H)
     progress = t_origin[:, None] - t_here
     best = progress.max(axis=0)  # (H,)

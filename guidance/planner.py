@@ -1,11 +1,16 @@
 """Interception planning: place available crews ahead of the suspect on its likely routes.
 
-A crossing is an interception point for a crew when ``crew ETA + safety margin <= suspect
-earliest ETA`` there (earliest over the sampled routes, never below the physical bound). The
-plan gives each eligible crew one point or a hold, maximising the share of sampled escape
-routes that pass a manned point (:mod:`guidance.coverage`); crews thus spread over distinct
-routes, and a point behind the suspect is never a candidate (nobody is sent to chase). Targets
-from the previous plan are kept unless the fresh plan covers clearly more (hysteresis).
+A crossing is an interception point for a crew when ``crew ETA + safety margin`` is at most the
+suspect's arrival there. Each candidate crossing is offered at a few levels of the sampled
+routes' arrival times (:attr:`PlannerConfig.arrival_levels`: the earliest ETA, never below the
+physical bound, then quantiles): the point "crossing at level q" covers the routes reaching it
+no earlier than its level's time, so a crew too slow for the fastest routes can still cover
+the later ones. The plan gives each eligible crew one point or a hold, maximising the share of
+sampled escape routes that pass a manned point after the crew got there with the margin
+(:mod:`guidance.coverage`); crews thus spread over distinct routes, and a point behind the
+suspect is never a candidate (nobody is sent to chase). A suggestion's
+``suspect_earliest_eta_s`` is the earliest arrival among the routes it covers. Targets from the
+previous plan are kept unless the fresh plan covers clearly more (hysteresis).
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ from map_data.network_types import City
 from map_data.routing import path_from_predecessors, path_lonlat
 from map_data.types import CompiledGraph, FloatArray, IntArray
 
-PLANNER_VERSION = "max-coverage/1"
+PLANNER_VERSION = "max-coverage/2"
 
 
 @dataclass(frozen=True, eq=False)
@@ -121,6 +126,27 @@ def turn_instructions(
     names = " / ".join(target_names) if target_names else "le carrefour"
     out.append(f"Arrivée : {names}, s'arrêter et attendre")
     return tuple(out)
+
+
+def arrival_quantiles(
+    nodes: IntArray, times: FloatArray, weights: FloatArray, n_nodes: int, levels: Sequence[float]
+) -> list[FloatArray]:
+    """Per node, the ``levels`` quantiles (weighted) of the routes' first-arrival ``times``
+    there (inf where no route passes): the time by which a share ``q`` of them has passed."""
+    out = [np.full(n_nodes, np.inf) for _ in levels]
+    if nodes.size == 0 or not levels:
+        return out
+    order = np.lexsort((times, nodes))
+    n_s, t_s, w_s = nodes[order], times[order], weights[order]
+    starts = np.flatnonzero(np.r_[True, n_s[1:] != n_s[:-1]])
+    ends = np.r_[starts[1:], n_s.size]
+    cum = np.cumsum(w_s)
+    before = np.r_[0.0, cum][starts]
+    total = cum[ends - 1] - before
+    for i, q in enumerate(levels):
+        idx = np.searchsorted(cum, before + q * total + 1e-12, side="left")
+        out[i][n_s[starts]] = t_s[np.clip(idx, starts, ends - 1)]
+    return out
 
 
 def _align_with_previous(
@@ -236,12 +262,13 @@ class InterceptionPlanner:
             crews, previous=previous, incident_commune=incident_commune, shared_communes=shared_communes
         )
 
-        # Candidate points: ahead of the suspect on sampled routes, reachable in time by someone.
+        # Candidate crossings: ahead of the suspect on sampled routes, where a crew arriving
+        # within its travel limit would not wait longer than ``max_wait_s`` for the earliest route.
         cand_mask = (
             (prediction.pass_probability > 0)
             & np.isfinite(earliest)
-            & (earliest > cfg.safety_margin_s)
-            & (earliest <= cfg.max_crew_travel_s + cfg.safety_margin_s)
+            & (likely > cfg.safety_margin_s)
+            & (earliest <= cfg.max_crew_travel_s + cfg.max_wait_s + cfg.safety_margin_s)
         )
         # Previous targets stay candidates while the suspect is still to come: a crew on its
         # way or waiting there keeps it as long as it gets there first (``keep_margin_s``).
@@ -251,7 +278,7 @@ class InterceptionPlanner:
             for s in sorted(previous.suggestions, key=lambda s: s.crew_id):
                 v = s.target_node
                 ok = 0 <= v < g.n_nodes and prediction.pass_probability[v] > 0 and np.isfinite(earliest[v])
-                if s.crew_id in index and ok and earliest[v] > cfg.keep_margin_s:
+                if s.crew_id in index and ok and likely[v] > cfg.keep_margin_s:
                     previous_pairs.append((index[s.crew_id], v))
                     cand_mask[v] = True
         cand = np.flatnonzero(cand_mask).astype(np.int64)
@@ -262,39 +289,79 @@ class InterceptionPlanner:
             keep_nodes = np.array([v for _, v in previous_pairs], dtype=np.int64)
             cand = np.union1d(cand[order[: cfg.max_candidates]], np.intersect1d(cand, keep_nodes))
 
+        # Points: each candidate crossing at each arrival level (its time threshold ``tau``).
+        arrivals = prediction.first_arrivals or first_arrivals(prediction.samples, prediction.horizon_s)
+        rows, nodes, a_times = arrivals
+        weights = prediction.samples.weights / prediction.samples.weights.sum()
+        in_cand = np.zeros(g.n_nodes, dtype=bool)
+        in_cand[cand] = True
+        sel = in_cand[nodes]
+        rows, nodes, a_times = rows[sel], nodes[sel], a_times[sel] - shift
+        levels = cfg.arrival_levels
+        quant = arrival_quantiles(nodes, a_times, weights[rows], g.n_nodes, levels[1:])
+        L = len(levels)
+        pt_node = np.tile(cand, L)
+        pt_level = np.repeat(np.arange(L), cand.size)
+        tau = np.concatenate(
+            [earliest[cand]] + [np.maximum(quant[i][cand], earliest[cand]) for i in range(L - 1)]
+        )
+        keep_pt = np.isfinite(tau) & (tau > 0)
+        if L > 1:  # a level equal to the one below adds nothing
+            same = np.zeros(pt_node.size, dtype=bool)
+            same[cand.size :] = tau[cand.size :] <= tau[: -cand.size] + 1e-9
+            keep_pt &= ~same
+        pt_node, pt_level, tau = pt_node[keep_pt], pt_level[keep_pt], tau[keep_pt]
+
         times = crew_times(g, eligible, limit_s=cfg.max_crew_travel_s)
-        eta = times.eta_s[:, cand] if eligible else np.zeros((0, cand.size))
-        feasible = eta + cfg.safety_margin_s <= earliest[cand][None, :]
-        col = {int(v): j for j, v in enumerate(cand.tolist())}
+        eta = times.eta_s[:, pt_node] if eligible else np.zeros((0, pt_node.size))
+        feasible = eta + cfg.safety_margin_s <= tau[None, :]
+        # A kept target takes the lowest level the crew still beats (by ``keep_margin_s``).
         kept_pairs: dict[int, int] = {}
         for ci, v in previous_pairs:
-            j = col.get(v)
-            if (
-                j is not None
-                and eta[ci, j] + cfg.keep_margin_s <= earliest[v]
-                and j not in kept_pairs.values()
-            ):
+            js = np.flatnonzero((pt_node == v) & (eta[ci] + cfg.keep_margin_s <= tau))
+            if js.size == 0:
+                continue
+            j = int(js[np.argmin(pt_level[js])])
+            if j not in kept_pairs.values():
                 feasible[ci, j] = True
                 kept_pairs[ci] = j
         reach = feasible.any(axis=0)
-        cand, eta, feasible = cand[reach], eta[:, reach], feasible[:, reach]
+        pt_node, pt_level, tau = pt_node[reach], pt_level[reach], tau[reach]
+        eta, feasible = eta[:, reach], feasible[:, reach]
         new_col = np.cumsum(reach) - 1
         kept_pairs = {ci: int(new_col[j]) for ci, j in kept_pairs.items()}
 
-        # Incidence points × routes from each route's first arrivals.
-        arrivals = prediction.first_arrivals or first_arrivals(prediction.samples, prediction.horizon_s)
-        rows, nodes, _ = arrivals
-        lookup = np.full(g.n_nodes, -1, dtype=np.int64)
-        lookup[cand] = np.arange(cand.size)
-        pi = lookup[nodes]
-        keep = pi >= 0
+        # Incidence points × routes: a point covers the routes reaching its crossing at or
+        # after its time threshold.
+        P = pt_node.size
         K = prediction.samples.n_routes
-        incidence = sp.csr_matrix((np.ones(int(keep.sum())), (pi[keep], rows[keep])), shape=(cand.size, K))
-        weights = prediction.samples.weights / prediction.samples.weights.sum()
+        order_pt = np.lexsort((pt_level, pt_node))
+        first_of = np.full(g.n_nodes, -1, dtype=np.int64)
+        count_of = np.zeros(g.n_nodes, dtype=np.int64)
+        if P:
+            sn = pt_node[order_pt]
+            starts = np.flatnonzero(np.r_[True, sn[1:] != sn[:-1]])
+            first_of[sn[starts]] = starts
+            count_of[sn[starts]] = np.diff(np.r_[starts, sn.size])
+        inc_rows: list[IntArray] = []
+        inc_cols: list[IntArray] = []
+        has = first_of[nodes] >= 0
+        r_sel, n_sel, t_sel = rows[has], nodes[has], a_times[has]
+        for k in range(int(count_of.max(initial=0))):
+            ok = count_of[n_sel] > k
+            pos = first_of[n_sel[ok]] + k
+            pts = order_pt[pos]
+            hit = t_sel[ok] >= tau[pts] - 1e-9
+            inc_rows.append(pts[hit])
+            inc_cols.append(r_sel[ok][hit])
+        pr = np.concatenate(inc_rows) if inc_rows else np.zeros(0, dtype=np.int64)
+        pc = np.concatenate(inc_cols) if inc_cols else np.zeros(0, dtype=np.int64)
+        incidence = sp.csr_matrix((np.ones(pr.size), (pr, pc)), shape=(P, K))
+        covered_p = np.asarray(incidence @ weights).ravel()
 
         with np.errstate(invalid="ignore"):
-            margin = earliest[cand][None, :] - eta
-            wait = likely[cand][None, :] - eta
+            margin = tau[None, :] - eta
+            wait = likely[pt_node][None, :] - eta
         bonus = 1e-6 * np.clip(np.nan_to_num(margin, posinf=0.0), 0.0, 120.0) / 120.0 - 1e-6 * np.clip(
             (np.nan_to_num(wait, posinf=0.0) - cfg.max_wait_s) / max(cfg.max_wait_s, 1.0), 0.0, 1.0
         )
@@ -304,6 +371,7 @@ class InterceptionPlanner:
             feasible=feasible,
             max_assignments=min(cfg.max_crews_per_incident, len(eligible)),
             pair_bonus=bonus,
+            point_reliability=cfg.point_reliability,
         )
         fresh = lazy_greedy(problem, min_gain=cfg.min_gain)
         chosen: CoverageSolution = fresh
@@ -330,7 +398,7 @@ class InterceptionPlanner:
             if pj < 0:
                 holds.append(crew.crew_id)
                 continue
-            node = int(cand[pj])
+            node = int(pt_node[pj])
             suggestions.append(
                 self._suggestion(
                     prediction,
@@ -340,8 +408,9 @@ class InterceptionPlanner:
                     ci,
                     at=at,
                     version=version,
-                    earliest_s=float(earliest[node]),
-                    likely_s=float(likely[node]),
+                    earliest_s=float(tau[pj]),
+                    likely_s=float(max(likely[node], tau[pj])),
+                    covered_p=float(covered_p[pj]),
                     crew_eta_s=float(eta[ci, pj]),
                     is_exit=node in exits,
                     kept=crew.crew_id in kept_ids,
@@ -353,6 +422,9 @@ class InterceptionPlanner:
                 "planner_version": PLANNER_VERSION,
                 "prediction_seed": prediction.seed,
                 "n_candidates": int(cand.size),
+                "n_points": int(P),
+                "arrival_levels": list(cfg.arrival_levels),
+                "point_reliability": cfg.point_reliability,
                 "n_eligible_crews": len(eligible),
                 "fresh_coverage": fresh.value,
                 "kept_coverage": kept_value,
@@ -389,6 +461,7 @@ class InterceptionPlanner:
         crew_eta_s: float,
         is_exit: bool,
         kept: bool,
+        covered_p: float,
     ) -> Suggestion:
         g = self.graph
         head = int(times.heads[ci])
@@ -396,7 +469,7 @@ class InterceptionPlanner:
         edges = [crew.position.edge] + [_fastest_edge(g, a, b) for a, b in itertools.pairwise(path)]
         names = self.street_names(node)
         lon, lat = (float(x) for x in g.node_lonlat[node])
-        p_cover = float(prediction.pass_probability[node])
+        p_cover = covered_p
         margin = earliest_s - crew_eta_s
         label = self._label(node, names, is_exit)
         reason = (

@@ -57,6 +57,9 @@ class PredictorConfig:
     earliest ETA from jumping with the few samples that pass a rarely visited crossing);
     ``None`` uses the samples alone. ``position_spread``: relative speed uncertainty over
     which each route's position at a horizon is spread (:mod:`guidance.positions`).
+    ``exit_detour_s`` / ``exit_detour_fraction``: exits nearer in time from the incident are
+    likelier (see :func:`guidance.models.destination_posterior`); ``None`` spreads the exit
+    prior evenly.
     """
 
     n_routes: int = 256
@@ -68,6 +71,8 @@ class PredictorConfig:
     speed_sigma: float = 0.25
     plausible_speed_factor: float | None = 1.6
     position_spread: float = 0.15
+    exit_detour_s: float | None = 60.0
+    exit_detour_fraction: float = 0.5
 
     def __post_init__(self) -> None:
         if self.n_routes < 1:
@@ -231,7 +236,15 @@ class EscapePredictor:
         m_w = self._model_weights(belief, pos_edges, pos_p)
         heads_all = g.edge_v[pos_edges]
         origin = belief.origin_node if origin_known else int(heads_all[int(np.argmax(pos_p))])
-        d_post = destination_posterior(dests, origin, heads_all, pos_p, cfg.kind_prior)
+        d_post = destination_posterior(
+            dests,
+            origin,
+            heads_all,
+            pos_p,
+            cfg.kind_prior,
+            exit_detour_s=cfg.exit_detour_s,
+            exit_detour_fraction=cfg.exit_detour_fraction,
+        )
 
         # Sample start, model, destination, speed factor.
         start = rng.choice(pos_edges.size, size=K, p=pos_p)

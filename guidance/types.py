@@ -258,11 +258,24 @@ class PlannerConfig:
     needs ``crew ETA + keep_margin_s <= suspect earliest ETA`` (the crew is on its way or
     already waiting there, so it is not pulled away as the suspect comes close). Crews farther
     than ``max_crew_travel_s`` from a point are not sent there.
+
+    ``arrival_levels``: a crew that cannot beat the earliest of the sampled routes through a
+    crossing can still beat the later ones. Each crossing is offered at these quantiles of the
+    routes' arrival times there (0 = the earliest ETA): the point "crossing at level q" covers
+    the routes that reach the crossing at or after its q-quantile, and a crew may take it when
+    ``crew ETA + safety_margin_s`` is at most that time. The objective is thus the probability
+    that the suspect passes a manned crossing at least the margin after the crew got there.
+
+    ``point_reliability``: the chance that one manned crossing stops a suspect whose route
+    passes it in time (prediction and timing errors). Below 1, crews that plain coverage would
+    leave idle back up the likeliest routes with a second manned point (each route counts
+    ``1 - (1 - reliability)^n`` for ``n`` manned points); the plan's ``coverage_probability``
+    stays the share of routes passing at least one manned point. 1 is plain max-coverage.
     """
 
     safety_margin_s: float = 20.0
     hysteresis: float = 0.15
-    max_crews_per_incident: int = 8
+    max_crews_per_incident: int = 16
     suggestion_ttl_s: float = 120.0
     max_crew_travel_s: float = 300.0
     keep_margin_s: float = 0.0
@@ -270,6 +283,8 @@ class PlannerConfig:
     max_candidates: int = 1500
     min_gain: float = 0.005
     expiry_slack_s: float = 30.0
+    arrival_levels: tuple[float, ...] = (0.0, 0.25, 0.5)
+    point_reliability: float = 1.0
 
     def __post_init__(self) -> None:
         for name in (
@@ -290,6 +305,20 @@ class PlannerConfig:
             raise GuidanceError(f"PlannerConfig.max_crew_travel_s must be > 0, got {self.max_crew_travel_s}")
         if self.max_candidates < 1:
             raise GuidanceError(f"PlannerConfig.max_candidates must be >= 1, got {self.max_candidates}")
+        levels = self.arrival_levels
+        if (
+            not levels
+            or levels[0] != 0.0
+            or any(not 0 <= q < 1 for q in levels)
+            or list(levels) != sorted(set(levels))
+        ):
+            raise GuidanceError(
+                f"PlannerConfig.arrival_levels must be increasing in [0, 1) and start at 0, got {levels}"
+            )
+        if not 0 < self.point_reliability <= 1:
+            raise GuidanceError(
+                f"PlannerConfig.point_reliability must be in (0, 1], got {self.point_reliability}"
+            )
 
     def as_dict(self) -> dict[str, float | int]:
         return {
