@@ -13,6 +13,7 @@ import importlib
 import json
 import logging
 import re
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -50,9 +51,18 @@ from serving.bus import Bus, InProcessBus, RedisBus
 from serving.clock import Clock, SimulationClock, WallClock
 from serving.config import ServerConfig
 from serving.hub import Connection, Hub
-from serving.limits import BodySizeLimitMiddleware
+from serving.limits import BodySizeLimitMiddleware, RateLimiter, RateLimitMiddleware
 from serving.metrics import Metrics
-from serving.service import Actor, AuditSink, CoordinatorLike, DispatchService, MemoryAudit, ServiceError
+from serving.service import (
+    Actor,
+    AuditSink,
+    CoordinatorLike,
+    DispatchService,
+    IncidentStore,
+    MemoryAudit,
+    ServiceError,
+)
+from serving.simulation import SimRun, SimulationError, Simulations, check_speed
 from serving.state import MemoryState, RedisState, StateStore
 from tracking.types import Sighting, SourceKind
 
@@ -96,6 +106,59 @@ def open_audit(config: ServerConfig) -> AuditSink:
     return log_
 
 
+class BufferedBodyLimit(BodySizeLimitMiddleware):
+    """:class:`serving.limits.BodySizeLimitMiddleware`, reading the whole body (counted, at most
+    ``max_body_bytes``) before the app sees it: FastAPI turns an exception raised while it reads
+    the body into a 400, so a streamed body over the limit must be refused before the app runs."""
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", []):
+            if name.lower() == b"content-length":
+                with contextlib.suppress(ValueError):
+                    if int(value) > self.max_body_bytes:
+                        await self._refuse(send)
+                        return
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                await self._refuse(send)
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        replayed = False
+
+        async def replay() -> Any:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+
+class _DeferredAppender:
+    """An audit appender whose target (the service's queue) is set once the service exists."""
+
+    def __init__(self) -> None:
+        self.target: DispatchService | None = None
+
+    def append(self, actor: str, role: str, action: str, **kwargs: Any) -> None:
+        if self.target is None:
+            raise RuntimeError(f"audit record {action!r} before the service exists")
+        self.target.append(actor, role, action, **kwargs)
+
+
 class Principals:
     """Authentication and the demo token issuer of one app."""
 
@@ -103,15 +166,27 @@ class Principals:
         self.issuer = TokenIssuer(
             issuer=config.issuer, audience=config.audience, key=config.token_secret, algorithm="HS256"
         )
+        keys = StaticKeys(
+            keys={self.issuer.key_id: config.token_secret}, algorithms={self.issuer.key_id: "HS256"}
+        )
+        revocations = InMemoryRevocationList()
         self.authenticator = Authenticator(
-            keys=StaticKeys(
-                keys={self.issuer.key_id: config.token_secret}, algorithms={self.issuer.key_id: "HS256"}
-            ),
+            keys=keys,
             issuer=config.issuer,
             audience=config.audience,
-            revocations=InMemoryRevocationList(),
+            revocations=revocations,
             clock=WallClock().now,  # tokens live in wall time, even under a simulation clock
             tenant=config.tenant,  # a simulation token never reaches a live server (and vice versa)
+        )
+        # The simulated runs of /api/sim (their own world, never live data) take simulation tokens
+        # (trainers) on every server; no other route accepts them on a live server.
+        self.sim_authenticator = Authenticator(
+            keys=keys,
+            issuer=config.issuer,
+            audience=config.audience,
+            revocations=revocations,
+            clock=WallClock().now,
+            tenant="simulation",
         )
         self.policy = Policy()
         self.tenant = config.tenant
@@ -127,9 +202,16 @@ class Principals:
             communes,
             now=WallClock().now(),
             crew_id=crew_id,
-            tenant=self.tenant,
+            tenant="simulation" if role is Role.trainer else self.tenant,  # trainers: simulation only
             ttl_s=ttl_s,
         )
+
+    def verify_any(self, token: str) -> Principal:
+        """A token of this server's tenant, or a trainer's simulation token."""
+        try:
+            return self.authenticator.verify(token)
+        except AuthError:
+            return self.sim_authenticator.verify(token)
 
 
 def actor_of(principal: Principal) -> Actor:
@@ -177,12 +259,28 @@ def _principal_dep(request: Request) -> Principal:
         ) from exc
 
 
+def _trainer_dep(request: Request) -> Principal:
+    """A trainer's simulation-tenant token, allowed ``sim_control`` (403 otherwise)."""
+    principals: Principals = request.app.state.principals
+    try:
+        token = token_from_request(request.headers.get("authorization"), None)
+        principal = principals.sim_authenticator.verify(token)
+    except AuthError as exc:
+        raise HTTPException(
+            401, detail=f"invalid token: {exc.failure.value}", headers={"WWW-Authenticate": "Bearer"}
+        ) from exc
+    if not principals.policy.allowed(principal, Action.sim_control):
+        raise HTTPException(403, detail=f"role {principal.role.value} may not {Action.sim_control.value}")
+    return principal
+
+
 def _service_dep(request: Request) -> DispatchService:
     service: DispatchService = request.app.state.service
     return service
 
 
 Auth = Annotated[Principal, Depends(_principal_dep)]
+Trainer = Annotated[Principal, Depends(_trainer_dep)]
 Svc = Annotated[DispatchService, Depends(_service_dep)]
 
 
@@ -202,7 +300,15 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         the_clock: Clock = clock or (SimulationClock() if config.clock == "simulation" else WallClock())
         the_city: City = city if city is not None else await asyncio.to_thread(load_city_for, config)
-        coordinator = (coordinator_factory or _default_coordinator)(the_city)
+        the_audit: AuditSink = audit if audit is not None else await asyncio.to_thread(open_audit, config)
+        recorder = _DeferredAppender()
+        coordinator: CoordinatorLike = (coordinator_factory or _default_coordinator)(the_city)
+        if config.record_core and hasattr(coordinator, "horizon_s"):
+            from serving.audit_replay import RecordingCoordinator
+
+            # every core call and new plan goes to the audit log, so ``cordon audit replay``
+            # recomputes this server's plans; written through the service's audit queue
+            coordinator = RecordingCoordinator(coordinator, recorder, clock=the_clock.now)  # type: ignore[arg-type]
         state: StateStore
         bus: Bus
         if config.redis_url:
@@ -221,11 +327,24 @@ def create_app(
             bus=bus,
             hub=hub,
             clock=the_clock,
-            audit=audit or open_audit(config),
+            audit=the_audit,
             metrics=metrics,
             worker_id=config.worker_id,
             default_mode=config.dispatch_mode,
+            coalesce=config.coalesce,
         )
+        recorder.target = service
+        retention = None
+        if callable(getattr(the_audit, "purge", None)) and callable(getattr(the_audit, "records", None)):
+            from serving.retention import Retention
+
+            retention = Retention(
+                the_audit,  # type: ignore[arg-type]
+                stores=[IncidentStore(service, asyncio.get_running_loop())],
+                default_days=config.retention_default_days,
+            )
+        app.state.retention = retention
+        app.state.simulations = Simulations(config.sim_scenarios_dir or ROOT / "sim" / "scenarios")
         app.state.config = config
         app.state.city = the_city
         app.state.service = service
@@ -237,6 +356,13 @@ def create_app(
         if config.demo and config.demo_crews > 0 and not config.redis_url:
             await _park_demo_crews(service, config.demo_crews)
         runner = asyncio.create_task(service.run(), name="cordon-service")
+        background = [runner]
+        if retention is not None and config.retention_interval_s > 0:
+            purge = _purge_periodically(retention, the_clock, config.retention_interval_s)
+            background.append(asyncio.create_task(purge, name="cordon-retention"))
+        if config.heartbeat_s > 0:
+            beat = _heartbeats(hub, config.heartbeat_s)
+            background.append(asyncio.create_task(beat, name="cordon-heartbeat"))
         log.info(
             "cordon worker %s ready (bus=%s, state=%s, clock=%s)",
             config.worker_id,
@@ -247,9 +373,12 @@ def create_app(
         try:
             yield
         finally:
-            runner.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await runner
+            for task in background:
+                task.cancel()
+            for task in background:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            await asyncio.to_thread(app.state.simulations.stop_all)
             await hub.close_all()
             service.shutdown()
             await bus.close()
@@ -283,8 +412,21 @@ def create_app(
         log.info("invalid body on %s %s: %s", request.method, request.url.path, detail)
         return _error(422, m.ErrorCode.invalid_message, "invalid request", detail)
 
-    # 413 on a declared or streamed body above the limit (serving/limits.py, access area).
-    app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=config.max_body_bytes)
+    # 413 on a declared or streamed body above the limit; 429 + Retry-After per client address
+    # (the outermost middleware: a flood is refused before its body is read).
+    app.add_middleware(BufferedBodyLimit, max_body_bytes=config.max_body_bytes)
+    if config.rate_per_s > 0:
+        http_limiter = RateLimiter(
+            rate_per_s=config.rate_per_s, burst=config.rate_burst, clock=time.monotonic
+        )
+        app.add_middleware(
+            RateLimitMiddleware, limiter=http_limiter, exempt_paths=frozenset({"/api/health", "/metrics"})
+        )
+    ws_limiter = (
+        RateLimiter(rate_per_s=config.ws_rate_per_s, burst=config.ws_rate_burst, clock=time.monotonic)
+        if config.ws_rate_per_s > 0
+        else None
+    )
 
     def allow(principal: Principal, action: Action, resource: Resource | None = None) -> None:
         try:
@@ -370,6 +512,69 @@ def create_app(
     ) -> dict[str, Any]:
         await incident_resource(service, incident_id, principal, Action.share_incident)
         return _public(await service.share_incident(incident_id, body.communes, actor_of(principal)))
+
+    def retention_of(request: Request) -> Any:
+        retention = request.app.state.retention
+        if retention is None:
+            raise ServiceError(
+                409, m.ErrorCode.unavailable, "legal holds need a durable audit log (--audit-db)"
+            )
+        return retention
+
+    @api.post("/incidents/{incident_id}/hold", status_code=201, response_model=m.LegalHoldInfo)
+    async def place_hold(
+        incident_id: str, body: m.LegalHoldRequest, principal: Auth, service: Svc, request: Request
+    ) -> m.LegalHoldInfo:
+        """Supervisors: keep the incident beyond retention for a judicial procedure (audited)."""
+        info = await incident_resource(service, incident_id, principal, Action.legal_hold)
+        retention = retention_of(request)
+        from serving.retention import RetentionError
+
+        try:
+            hold = await asyncio.to_thread(
+                retention.place_hold,
+                incident_id,
+                body.procedure_reference,
+                placed_by=principal.subject,
+                role=principal.role.value,
+                at=service.now(),
+                commune=info.get("commune"),
+            )
+        except RetentionError as exc:
+            raise ServiceError(409, m.ErrorCode.invalid_message, str(exc)) from exc
+        return m.LegalHoldInfo(
+            incident_id=hold.incident_id,
+            procedure_reference=hold.procedure_reference,
+            placed_by=hold.placed_by,
+            placed_at=hold.placed_at,
+            commune=hold.commune,
+        )
+
+    @api.delete("/incidents/{incident_id}/hold", status_code=204)
+    async def release_hold(
+        incident_id: str,
+        reason: Annotated[str, Query(min_length=1, max_length=2000)],
+        principal: Auth,
+        service: Svc,
+        request: Request,
+    ) -> Response:
+        """Supervisors: end a legal hold (audited, with a reason); the incident then ages out."""
+        await incident_resource(service, incident_id, principal, Action.release_hold)
+        retention = retention_of(request)
+        from serving.retention import RetentionError
+
+        try:
+            await asyncio.to_thread(
+                retention.release_hold,
+                incident_id,
+                released_by=principal.subject,
+                role=principal.role.value,
+                at=service.now(),
+                reason=reason,
+            )
+        except RetentionError as exc:
+            raise ServiceError(409, m.ErrorCode.invalid_message, str(exc)) from exc
+        return Response(status_code=204)
 
     @api.get("/incidents/{incident_id}/state")
     async def incident_state(incident_id: str, principal: Auth, service: Svc) -> dict[str, Any]:
@@ -465,25 +670,46 @@ def create_app(
             request.app.state.streets = json.dumps(_streets_geojson(request.app.state.city)).encode()
         return Response(request.app.state.streets, media_type="application/geo+json")
 
+    def camera_feature(c: Any) -> dict[str, Any]:
+        return {
+            "type": "Feature",
+            "geometry": {"type": "Point", "coordinates": [c.lon, c.lat]},
+            "properties": {
+                "camera_id": c.camera_id,
+                "commune": c.commune,
+                "label": c.label,
+                "heading_deg": c.heading_deg,
+            },
+        }
+
+    def camera_visible(principal: Principal, camera: Any) -> bool:
+        communes = frozenset({camera.commune}) if camera.commune else frozenset()
+        resource = Resource(tenant=principal.tenant, communes=communes)
+        return principals.policy.decide(principal, Action.read_cameras, resource).value == "allow"
+
     @api.get("/map/cameras.geojson")
-    async def cameras(request: Request) -> Response:
+    async def cameras(request: Request, principal: Auth) -> Response:
+        """The cameras of the principal's communes (a camera of no commune: every operator)."""
+        allow(principal, Action.read_cameras)
         city: City = request.app.state.city
         features = [
-            {
-                "type": "Feature",
-                "geometry": {"type": "Point", "coordinates": [c.lon, c.lat]},
-                "properties": {
-                    "camera_id": c.camera_id,
-                    "commune": c.commune,
-                    "label": c.label,
-                    "heading_deg": c.heading_deg,
-                },
-            }
+            camera_feature(c)
             for c in city.cameras.cameras.values()
+            if principal.sees_all_communes() or not c.commune or camera_visible(principal, c)
         ]
         return JSONResponse(
             {"type": "FeatureCollection", "features": features}, media_type="application/geo+json"
         )
+
+    @api.get("/map/cameras/{camera_id}")
+    async def camera(camera_id: str, request: Request, principal: Auth) -> Response:
+        """One camera as a GeoJSON Feature; a camera of another commune answers 404."""
+        allow(principal, Action.read_cameras)
+        city: City = request.app.state.city
+        c = city.cameras.cameras.get(camera_id)
+        if c is None or not (principal.sees_all_communes() or not c.commune or camera_visible(principal, c)):
+            raise ServiceError(404, m.ErrorCode.unknown_camera, f"unknown camera {camera_id!r}")
+        return JSONResponse(camera_feature(c), media_type="application/geo+json")
 
     @api.post("/sim/time", response_model=m.SimTime)
     async def sim_time(body: m.SimTime, principal: Auth, request: Request) -> m.SimTime:
@@ -498,10 +724,87 @@ def create_app(
         allow(principal, Action.sim_control)
         return m.SimTime(now=the_clock.set(body.now))
 
+    def sims(request: Request) -> Simulations:
+        simulations: Simulations = request.app.state.simulations
+        return simulations
+
+    def sim_call(fn: Callable[[], SimRun]) -> dict[str, Any]:
+        try:
+            return fn().view()
+        except SimulationError as exc:
+            status = 404 if str(exc).startswith("unknown run") else 422
+            raise ServiceError(status, m.ErrorCode.invalid_message, str(exc)) from exc
+
+    @api.get("/sim/scenarios", tags=["simulation"])
+    async def sim_scenarios(principal: Trainer, request: Request) -> list[dict[str, Any]]:
+        """Trainers: the scenarios the server can run (simulated world, never live data)."""
+        return sims(request).scenarios()
+
+    @api.post("/sim/runs", status_code=201, tags=["simulation"])
+    async def sim_start(body: m.SimRunStart, principal: Trainer, request: Request) -> dict[str, Any]:
+        """Trainers: start a simulated run, paced at ``speed`` × the wall clock."""
+        simulations = sims(request)
+        try:
+            run = await asyncio.to_thread(
+                simulations.start, body.scenario, body.speed, started_by=principal.subject, seed=body.seed
+            )
+        except SimulationError as exc:
+            raise ServiceError(422, m.ErrorCode.invalid_message, str(exc)) from exc
+        return run.view()
+
+    @api.get("/sim/runs/{run_id}", tags=["simulation"])
+    async def sim_run(run_id: str, principal: Trainer, request: Request) -> dict[str, Any]:
+        return sim_call(lambda: sims(request).get(run_id))
+
+    @api.post("/sim/runs/{run_id}/pause", tags=["simulation"])
+    async def sim_pause(run_id: str, principal: Trainer, request: Request) -> dict[str, Any]:
+        def pause() -> SimRun:
+            run = sims(request).get(run_id)
+            run.pacer.pause()
+            if run.state == "running":
+                run.state = "paused"
+            return run
+
+        return sim_call(pause)
+
+    @api.post("/sim/runs/{run_id}/resume", tags=["simulation"])
+    async def sim_resume(run_id: str, principal: Trainer, request: Request) -> dict[str, Any]:
+        def resume() -> SimRun:
+            run = sims(request).get(run_id)
+            run.pacer.resume()
+            if run.state == "paused":
+                run.state = "running"
+            return run
+
+        return sim_call(resume)
+
+    @api.post("/sim/runs/{run_id}/speed", tags=["simulation"])
+    async def sim_speed(
+        run_id: str, body: m.SimRunSpeed, principal: Trainer, request: Request
+    ) -> dict[str, Any]:
+        def speed() -> SimRun:
+            run = sims(request).get(run_id)
+            run.pacer.set_speed(check_speed(body.speed))
+            return run
+
+        return sim_call(speed)
+
+    @api.get("/sim/runs/{run_id}/replay", tags=["simulation"])
+    async def sim_replay(run_id: str, principal: Trainer, request: Request) -> Response:
+        """The finished run's replay (``cordon-sim-replay`` JSON lines); 409 until it ends."""
+        try:
+            run = sims(request).get(run_id)
+        except SimulationError as exc:
+            raise ServiceError(404, m.ErrorCode.invalid_message, str(exc)) from exc
+        if run.replay_text is None:
+            raise ServiceError(409, m.ErrorCode.invalid_message, f"run {run_id} is {run.state}")
+        return Response(run.replay_text, media_type="application/x-ndjson")
+
     if config.demo:
 
         @api.get("/dev/tokens", tags=["demo only"])
         async def dev_tokens(
+            request: Request,
             role: Literal["operator", "crew", "supervisor", "trainer"] = "operator",
             crew_id: Annotated[str | None, Query(max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")] = None,
             communes: str = ALL_COMMUNES,
@@ -511,8 +814,11 @@ def create_app(
             names = [c for c in communes.split(",") if c]
             try:
                 token = principals.issue(Role(role), names, crew_id=crew_id if role == "crew" else None)
-            except ValueError as exc:
+                principal = principals.verify_any(token)
+            except (ValueError, AuthError) as exc:
                 raise ServiceError(422, m.ErrorCode.invalid_message, str(exc)) from exc
+            service: DispatchService = request.app.state.service
+            service.audit_login(actor_of(principal), via="demo_token", jti=principal.token_id)
             return {"token": token, "warning": "demo token: this endpoint exists only in demo mode"}
 
     app.include_router(api)
@@ -553,12 +859,16 @@ def create_app(
     async def send_error(
         conn: Connection, hub: Hub, code: m.ErrorCode, message: str, ref: str | None = None
     ) -> None:
+        # Outside the stream: no seq, so a client dropping already-seen seqs never drops an error.
         msg: dict[str, Any] = {"type": "error", "code": code.value, "message": message, "ref": ref}
-        if conn.crew_id is not None:
-            msg["seq"] = conn.last_crew_seq
-            hub.enqueue_direct(conn, msg)
-        else:
-            hub.enqueue(conn, msg)
+        hub.enqueue_direct(conn, msg)
+
+    def rate_limited(principal: Principal) -> bool:
+        return ws_limiter is not None and not ws_limiter.allow(f"ws:{principal.subject}")
+
+    def audit_login(websocket: WebSocket, principal: Principal, via: str) -> None:
+        service: DispatchService = websocket.app.state.service
+        service.audit_login(actor_of(principal), via=via, jti=principal.token_id)
 
     @app.websocket("/ws/crew")
     async def crew_socket(websocket: WebSocket, last_seq: int | None = None) -> None:
@@ -576,6 +886,7 @@ def create_app(
             await websocket.accept()
         crew_id = principal.crew_id
         actor = actor_of(principal)
+        audit_login(websocket, principal, "ws_crew")
         conn = hub.add(
             role="crew",
             subject=principal.subject,
@@ -588,6 +899,10 @@ def create_app(
             await _crew_resume(service, hub, conn, last_seq)
             while True:
                 raw = await websocket.receive_text()
+                if rate_limited(principal):
+                    metrics.ws_errors.labels("rate_limited").inc()
+                    await send_error(conn, hub, m.ErrorCode.rate_limited, "too many messages; slow down")
+                    continue
                 try:
                     msg = m.crew_client_adapter.validate_json(raw)
                 except ValidationError as exc:
@@ -621,6 +936,7 @@ def create_app(
         if websocket.application_state is WebSocketState.CONNECTING:
             await websocket.accept()
         actor = actor_of(principal)
+        audit_login(websocket, principal, "ws_operator")
         conn = hub.add(
             role="operator",
             subject=principal.subject,
@@ -634,6 +950,10 @@ def create_app(
             hub.enqueue(conn, {"type": "snapshot", "reason": "connect", **snap})
             while True:
                 raw = await websocket.receive_text()
+                if rate_limited(principal):
+                    metrics.ws_errors.labels("rate_limited").inc()
+                    await send_error(conn, hub, m.ErrorCode.rate_limited, "too many messages; slow down")
+                    continue
                 try:
                     msg = m.operator_client_adapter.validate_json(raw)
                 except ValidationError as exc:
@@ -654,6 +974,26 @@ def create_app(
 
     _mount_static(app, config)
     return app
+
+
+async def _purge_periodically(retention: Any, clock: Clock, every_s: float) -> None:
+    """The retention job (:meth:`serving.retention.Retention.purge`), in a worker thread: first
+    a minute after start (or ``every_s`` if shorter), then every ``every_s``."""
+    await asyncio.sleep(min(every_s, 60.0))
+    while True:
+        try:
+            report = await asyncio.to_thread(retention.purge, clock.now())
+            log.info("retention purge: %d audit records tombstoned", report.tombstoned())
+        except Exception:
+            log.exception("retention purge failed")
+        await asyncio.sleep(every_s)
+
+
+async def _heartbeats(hub: Hub, every_s: float) -> None:
+    """An application-level ``heartbeat`` on every websocket every ``every_s`` seconds."""
+    while True:
+        await asyncio.sleep(every_s)
+        hub.heartbeat()
 
 
 async def _park_demo_crews(service: DispatchService, n: int) -> None:

@@ -24,6 +24,9 @@ CREW_OUT: tuple[type[BaseModel], ...] = (
     m.SuggestionRetractedMsg,
     m.SnapshotMsg,
     m.ErrorMsg,
+    m.HeartbeatMsg,
+    m.CrewTrackMsg,
+    m.CrewPredictionMsg,
 )
 CREW_IN: tuple[type[BaseModel], ...] = (
     m.AuthMsg,
@@ -46,6 +49,7 @@ OPERATOR_OUT: tuple[type[BaseModel], ...] = (
     m.DecisionMsg,
     m.SnapshotMsg,
     m.ErrorMsg,
+    m.HeartbeatMsg,
 )
 OPERATOR_IN: tuple[type[BaseModel], ...] = (
     m.AuthMsg,
@@ -61,13 +65,15 @@ _CHANNELS: dict[str, tuple[str, tuple[type[BaseModel], ...], tuple[type[BaseMode
         "One crew tablet, authenticated as that crew (``?token=`` or a first ``auth`` message). "
         "Server messages carry the crew stream's ``seq``; reconnect with ``?last_seq=N`` or send "
         "``resume`` to get what was missed, or a ``snapshot`` when the gap is too old. "
-        "``error`` messages repeat the current ``seq`` (they are not part of the stream).",
+        "``error``, ``heartbeat`` (every 10 s), and the ``track`` / ``prediction`` of an incident the "
+        "crew holds a suggestion for carry no ``seq``: they are not part of the stream.",
         CREW_OUT,
         CREW_IN,
     ),
     "/ws/operator": (
         "An operator console: everything in the operator's communes. ``seq`` is per connection; "
-        "after a reconnect the console gets a fresh ``snapshot``.",
+        "after a reconnect the console gets a fresh ``snapshot``. ``error`` and ``heartbeat`` "
+        "(every 10 s) carry no ``seq``.",
         OPERATOR_OUT,
         OPERATOR_IN,
     ),

@@ -277,9 +277,9 @@ class RecordingCoordinator:
         self._record(CORE_SHARED, incident_id, self.clock(), {"communes": sorted(names)})
         return shared
 
-    def ingest(self, sighting: Sighting) -> Any:
+    def ingest(self, sighting: Sighting, **kwargs: Any) -> Any:
         self._record(CORE_SIGHTING, sighting.incident_id, sighting.observed_at, sighting_payload(sighting))
-        outcome = self.inner.ingest(sighting)
+        outcome = self.inner.ingest(sighting, **kwargs)  # e.g. replan=False: no plan to record
         self._plan(outcome.plan)
         return outcome
 
@@ -431,12 +431,14 @@ def replay_incident(records: Iterable[AuditRecord], incident_id: str, city: City
     previous: Plan | None = None
     mismatches: list[PlanMismatch] = []
     plans = sightings = 0
+    origin_known = True  # as the live coordinator: False for an incident opened without a position
 
     def apply(record: AuditRecord, co: Coordinator) -> None:
-        nonlocal sightings
+        nonlocal sightings, origin_known
         payload = record.payload or {}
         if record.action == opened_action:
             origin = payload.get("origin_lonlat")
+            origin_known = origin is not None
             co.open_incident(
                 incident_id,
                 at=datetime.fromisoformat(payload.get("at") or record.at.isoformat()),
@@ -494,7 +496,9 @@ def replay_incident(records: Iterable[AuditRecord], incident_id: str, city: City
                 parameters=dict(recorded.get("parameters") or {}),
             )
         else:
-            prediction = co.predictor.predict(belief, horizon_s=co.horizon_s, step_s=co.step_s)
+            prediction = co.predictor.predict(
+                belief, horizon_s=co.horizon_s, step_s=co.step_s, origin_known=origin_known
+            )
             plan = co.planner.plan(
                 prediction,
                 crews,

@@ -70,6 +70,30 @@ class InProcessBus:
             except Exception:
                 log.exception("sighting handler failed on %s", item.get("source_event_id"))
 
+    async def run_batched(
+        self,
+        handler: Callable[[list[Json]], Awaitable[None]],
+        listener: Listener,
+        *,
+        max_batch: int = 64,
+    ) -> None:
+        """Like :meth:`run`, but hands ``handler`` every queued sighting of one incident at once
+        (in arrival order; incidents in order of their first queued sighting). Sightings queue
+        up while the core plans; applying them together lets the service publish one plan."""
+        self._listener = listener
+        while True:
+            items = [await self._queue.get()]
+            while len(items) < max_batch and not self._queue.empty():
+                items.append(self._queue.get_nowait())
+            groups: dict[str, list[Json]] = {}
+            for item in items:
+                groups.setdefault(str(item.get("incident_id")), []).append(item)
+            for group in groups.values():
+                try:
+                    await handler(group)
+                except Exception:
+                    log.exception("sighting handler failed on %s", group[0].get("source_event_id"))
+
     async def close(self) -> None:
         self._listener = None
 

@@ -49,6 +49,18 @@ class ServerConfig:
     web_dir: Path | None = None
     claim_idle_ms: int = 5_000
     auth_timeout_s: float = 5.0
+    # Token buckets (serving.limits.RateLimiter): HTTP requests per client address, websocket
+    # messages per principal. Generous defaults (a load test from one address passes); 0 = off.
+    rate_per_s: float = 2_000.0
+    rate_burst: float = 4_000.0
+    ws_rate_per_s: float = 100.0
+    ws_rate_burst: float = 200.0
+    sim_scenarios_dir: Path | None = None  # scenarios for /api/sim (default: sim/scenarios)
+    coalesce: bool = True  # apply queued sightings of one incident together (in-process bus)
+    record_core: bool = True  # audit every core call and plan (serving.audit_replay), for replay
+    heartbeat_s: float = 10.0  # application-level {"type": "heartbeat"} on every websocket
+    retention_interval_s: float = 86_400.0  # the purge job runs this often (0: never)
+    retention_default_days: int = 30
 
     @property
     def tenant(self) -> Literal["live", "simulation"]:
@@ -82,6 +94,20 @@ class ServerConfig:
             values["claim_idle_ms"] = int(env["CORDON_CLAIM_IDLE_MS"])
         if env.get("CORDON_DEMO"):
             values["demo"] = env["CORDON_DEMO"] not in ("0", "false", "no")
+        for name, key in (
+            ("CORDON_RATE_PER_S", "rate_per_s"),
+            ("CORDON_RATE_BURST", "rate_burst"),
+            ("CORDON_WS_RATE_PER_S", "ws_rate_per_s"),
+            ("CORDON_WS_RATE_BURST", "ws_rate_burst"),
+            ("CORDON_HEARTBEAT_S", "heartbeat_s"),
+            ("CORDON_RETENTION_INTERVAL_S", "retention_interval_s"),
+        ):
+            if env.get(name):
+                values[key] = float(env[name])
+        if env.get("CORDON_COALESCE"):
+            values["coalesce"] = env["CORDON_COALESCE"] not in ("0", "false", "no")
+        if env.get("CORDON_SIM_SCENARIOS"):
+            values["sim_scenarios_dir"] = Path(env["CORDON_SIM_SCENARIOS"])
         values.update({k: v for k, v in overrides.items() if v is not None})
         config = cls(**values)  # type: ignore[arg-type]
         if config.clock not in ("wall", "simulation"):

@@ -144,8 +144,8 @@ class Hub:
             self._cut(conn)
 
     def enqueue_direct(self, conn: Connection, message: Json) -> None:
-        """Queue a crew-connection message that is not part of the crew stream (a snapshot, an
-        error): it carries the stream's current ``seq`` and bypasses the duplicate filter."""
+        """Queue a message that is not part of the connection's stream (a snapshot, an error, a
+        heartbeat): no ``seq`` is added (a snapshot brings its own) and no duplicate filter."""
         if conn.state is not ConnectionState.open:
             return
         message = dict(message)
@@ -208,6 +208,24 @@ class Hub:
             except asyncio.QueueFull:
                 self._cut(conn)
         return len(targets)
+
+    def to_crew_direct(self, crew_id: str, message: Json) -> int:
+        """Deliver a message outside the crew stream (no ``seq``: a pushed track or prediction)
+        to every ready tablet of ``crew_id`` on this worker."""
+        conns = [c for c in self.crews.get(crew_id, ()) if c.ready]
+        for conn in conns:
+            self.enqueue_direct(conn, message)
+        return len(conns)
+
+    def heartbeat(self) -> int:
+        """Queue a ``heartbeat`` (no ``seq``) on every open connection; returns how many."""
+        conns = [c for group in self.crews.values() for c in group] + list(self.operators)
+        n = 0
+        for conn in conns:
+            if conn.state is ConnectionState.open:
+                self.enqueue_direct(conn, {"type": "heartbeat"})
+                n += 1
+        return n
 
     def release(self, conn: Connection) -> None:
         """Mark a tablet ready after its resume/snapshot and flush what arrived meanwhile."""

@@ -17,6 +17,10 @@ from typing import Annotated, Any, Literal
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter
 
 Identifier = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
+SuggestionId = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:~-]+$")]
+"""A suggestion id: the planner's ``{incident}:{version}:{crew}`` (two identifiers and a number,
+so up to ~140 characters), and an operator's modification appends ``~m{n}`` (``~`` is in no
+identifier, so a modified id never collides with a planner's)."""
 Longitude = Annotated[float, Field(ge=-180.0, le=180.0)]
 Latitude = Annotated[float, Field(ge=-90.0, le=90.0)]
 Heading = Annotated[float, Field(ge=0.0, le=360.0)]
@@ -78,7 +82,7 @@ class ErrorCode(StrEnum):
 class SuggestionBody(_Model):
     """A suggested intercept point for one crew (from :class:`guidance.types.Suggestion`)."""
 
-    suggestion_id: Identifier
+    suggestion_id: SuggestionId
     incident_id: Identifier
     crew_id: Identifier
     target_node: int
@@ -134,6 +138,8 @@ class IncidentInfo(_Model):
     closed_at: AwareDatetime | None = None
     n_sightings: int = 0
     plan_version: int = 0
+    lon: float | None = None  # where it started (the origin given, else the first sighting's camera)
+    lat: float | None = None
 
 
 class SightingAck(_Model):
@@ -178,6 +184,32 @@ class ErrorBody(_Model):
     code: ErrorCode
     message: str
     detail: list[dict[str, Any]] | None = None
+
+
+class SimRunStart(_Model):
+    """Start a simulated run of a scenario (trainers), paced at ``speed`` × the wall clock."""
+
+    scenario: Identifier
+    speed: float = Field(default=1.0, ge=1.0, le=60.0)
+    seed: int | None = Field(default=None, ge=0, le=2**31)
+
+
+class SimRunSpeed(_Model):
+    speed: float = Field(ge=1.0, le=60.0)
+
+
+class LegalHoldRequest(_Model):
+    """Place an incident under legal hold for a judicial procedure."""
+
+    procedure_reference: str = Field(min_length=1, max_length=128)
+
+
+class LegalHoldInfo(_Model):
+    incident_id: str
+    procedure_reference: str
+    placed_by: str
+    placed_at: AwareDatetime
+    commune: str | None = None
 
 
 class SimTime(_Model):
@@ -232,6 +264,9 @@ class SnapshotMsg(_ServerMessage):
 
 
 class ErrorMsg(_ServerMessage):
+    """Not part of any stream: no ``seq`` (a client dropping already-seen seqs loses nothing)."""
+
+    seq: int | None = Field(default=None, ge=0)  # type: ignore[assignment]
     type: Literal["error"] = "error"
     code: ErrorCode
     message: str
@@ -270,6 +305,19 @@ class PredictionMsg(_ServerMessage):
     incident_id: str
     at: AwareDatetime
     geojson: dict[str, Any]
+
+
+class CrewTrackMsg(TrackMsg):
+    """A ``track`` pushed to a crew holding a suggestion for the incident: the latest state, not
+    part of the crew stream (no ``seq``; after a reconnect the tablet reads the incident's state)."""
+
+    seq: int | None = Field(default=None, ge=0)  # type: ignore[assignment]
+
+
+class CrewPredictionMsg(PredictionMsg):
+    """A ``prediction`` pushed to a crew holding a suggestion for the incident (no ``seq``)."""
+
+    seq: int | None = Field(default=None, ge=0)  # type: ignore[assignment]
 
 
 class CrewMsg(_ServerMessage):
@@ -320,8 +368,23 @@ class DecisionMsg(_ServerMessage):
     reason: str | None = None
 
 
+class HeartbeatMsg(_ServerMessage):
+    """Every ``heartbeat_s`` (10 s) on every websocket, outside the stream (no ``seq``): a client
+    that hears nothing for 25 s can treat the link as dead."""
+
+    seq: int | None = Field(default=None, ge=0)  # type: ignore[assignment]
+    type: Literal["heartbeat"] = "heartbeat"
+
+
 CrewServerMessage = Annotated[
-    SuggestionMsg | SuggestionUpdateMsg | SuggestionRetractedMsg | SnapshotMsg | ErrorMsg,
+    SuggestionMsg
+    | SuggestionUpdateMsg
+    | SuggestionRetractedMsg
+    | SnapshotMsg
+    | ErrorMsg
+    | HeartbeatMsg
+    | CrewTrackMsg
+    | CrewPredictionMsg,
     Field(discriminator="type"),
 ]
 OperatorServerMessage = Annotated[
@@ -334,7 +397,8 @@ OperatorServerMessage = Annotated[
     | IncidentMsg
     | DecisionMsg
     | SnapshotMsg
-    | ErrorMsg,
+    | ErrorMsg
+    | HeartbeatMsg,
     Field(discriminator="type"),
 ]
 
@@ -370,23 +434,23 @@ class StatusMsg(_Model):
 
 class AcceptMsg(_Model):
     type: Literal["accept"]
-    suggestion_id: Identifier
+    suggestion_id: SuggestionId
 
 
 class DeclineMsg(_Model):
     type: Literal["decline"]
-    suggestion_id: Identifier
+    suggestion_id: SuggestionId
     reason: str = Field(min_length=1, max_length=500)
 
 
 class InPositionMsg(_Model):
     type: Literal["in_position"]
-    suggestion_id: Identifier
+    suggestion_id: SuggestionId
 
 
 class ContactMsg(_Model):
     type: Literal["contact"]
-    suggestion_id: Identifier | None = None
+    suggestion_id: SuggestionId | None = None
     incident_id: Identifier | None = None
     lon: Longitude | None = None
     lat: Latitude | None = None
@@ -394,14 +458,14 @@ class ContactMsg(_Model):
 
 class ApproveMsg(_Model):
     type: Literal["approve"]
-    suggestion_id: Identifier
+    suggestion_id: SuggestionId
 
 
 class ModifyMsg(_Model):
     """Change a suggestion's target point and/or crew before (or after) it goes out."""
 
     type: Literal["modify"]
-    suggestion_id: Identifier
+    suggestion_id: SuggestionId
     lon: Longitude | None = None
     lat: Latitude | None = None
     crew_id: Identifier | None = None
@@ -409,7 +473,7 @@ class ModifyMsg(_Model):
 
 class RetractMsg(_Model):
     type: Literal["retract"]
-    suggestion_id: Identifier
+    suggestion_id: SuggestionId
     reason: str = Field(default="retracted by operator", min_length=1, max_length=500)
 
 

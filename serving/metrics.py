@@ -29,6 +29,11 @@ class Metrics:
             "cordon_ws_connections", "Open websocket connections", ["channel"], registry=r
         )
         self.cut = Counter("cordon_ws_cut_total", "Connections cut for falling behind", registry=r)
+        self.coalesced = Counter(
+            "cordon_sightings_coalesced_total",
+            "Sightings applied in a batch whose intermediate plans were not published",
+            registry=r,
+        )
         self.audit_failures = Counter("cordon_audit_failures_total", "Audit appends that failed", registry=r)
         self.sighting_to_crew = Histogram(
             "cordon_sighting_to_crew_seconds",

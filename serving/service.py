@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import importlib
 import logging
-import re
+import math
 import threading
 import time
 from collections import deque
@@ -26,13 +26,15 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
+import numpy as np
 from pydantic import ValidationError
 
+from map_data import routing
 from map_data.network_types import City
 from map_data.snap import Snapper
 from map_data.types import EdgePosition, LonLat
 from serving import messages as m
-from serving.bus import Bus
+from serving.bus import Bus, InProcessBus
 from serving.clock import Clock
 from serving.hub import Hub
 from serving.metrics import Metrics
@@ -249,6 +251,7 @@ class DispatchService:
         crew_factory: Callable[[Json, EdgePosition], Any] | None = None,
         prediction_geojson: Callable[[Any], dict[str, Any]] | None = None,
         crew_refresh_s: float = 10.0,
+        coalesce: bool = True,
     ) -> None:
         self.city = city
         self.coordinator = coordinator
@@ -269,6 +272,8 @@ class DispatchService:
         self._crew_version = -1
         self._crews_pushed_at: datetime | None = None
         self.crew_refresh_s = crew_refresh_s
+        self.coalesce = coalesce
+        self._can_defer = _accepts_replan(coordinator)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cordon-core")
         self.processed = 0
         self._audit_pending: deque[tuple[Any, ...]] = deque()
@@ -281,7 +286,10 @@ class DispatchService:
     # Running
 
     async def run(self) -> None:
-        await self.bus.run(self.handle_sighting, self.handle_event)
+        if isinstance(self.bus, InProcessBus) and self.coalesce:
+            await self.bus.run_batched(self.handle_sightings, self.handle_event)
+        else:
+            await self.bus.run(self.handle_sighting, self.handle_event)
 
     async def _core(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a (synchronous) core call on the single core thread: calls never overlap."""
@@ -320,6 +328,38 @@ class DispatchService:
         (no per-record wake-up, which would cost a GIL hand-over each time)."""
         record = (actor.subject, actor.role, action, self.now(), incident_id, commune, payload, reason or "")
         self._audit_pending.append(record)
+
+    def append(
+        self,
+        actor: str,
+        role: str,
+        action: str,
+        *,
+        at: datetime,
+        incident_id: str | None = None,
+        commune: str | None = None,
+        payload: Any = None,
+        reason: str | None = "",
+    ) -> None:
+        """An :class:`AuditSink` that queues for the audit thread (the core's recorder,
+        :class:`serving.audit_replay.RecordingCoordinator`, writes through it: the core thread
+        never waits for an fsync, and records keep the order the core made them in)."""
+        self._audit_pending.append(
+            (
+                actor,
+                role,
+                action,
+                at,
+                incident_id,
+                commune,
+                None if payload is None else dict(payload),
+                reason or "",
+            )
+        )
+
+    def audit_login(self, actor: Actor, *, via: str, jti: str | None = None) -> None:
+        """A ``login`` record: a token issued (demo endpoint) or a websocket authenticated."""
+        self._audit(actor, "login", payload={"via": via, "jti": jti, "crew_id": actor.crew_id})
 
     def _audit_writer(self) -> None:
         while True:
@@ -382,6 +422,7 @@ class DispatchService:
         ).model_dump(mode="json")
         if body.lon is not None and body.lat is not None:
             info["_origin"] = [body.lon, body.lat]
+            info["lon"], info["lat"] = body.lon, body.lat
         await self.state.put_incident(info)
         self._audit(
             actor,
@@ -535,54 +576,108 @@ class DispatchService:
 
     async def handle_sighting(self, payload: Json) -> None:
         """Bus handler: apply one sighting (idempotent), publish what changed."""
-        received_ns = payload.pop("_received_ns", None)
-        payload.pop("_actor", None)
-        sighting = Sighting.model_validate(payload)
-        incident_id = sighting.incident_id
+        await self.handle_sightings([payload])
+
+    async def handle_sightings(self, payloads: Sequence[Json]) -> None:
+        """Apply queued sightings of one incident in order (each idempotent) under one lock, and
+        publish every sighting but only the last plan (with its track and prediction): the
+        intermediate plans were superseded before anyone could act on them."""
+        applied: list[tuple[Sighting, Any, bool, int | None]] = []
+        sightings = []
+        for payload in payloads:
+            payload = dict(payload)
+            received_ns = payload.pop("_received_ns", None)
+            payload.pop("_actor", None)
+            sightings.append((Sighting.model_validate(payload), received_ns))
+        if not sightings:
+            return
+        incident_id = sightings[0][0].incident_id
+        if any(s.incident_id != incident_id for s, _ in sightings):
+            raise ValueError("handle_sightings takes sightings of one incident")
         async with self.state.lock(incident_id):
             info = await self.state.get_incident(incident_id)
             if info is None or info.get("closed_at"):
                 log.warning(
-                    "sighting %s for unknown or closed incident %s dropped",
-                    sighting.source_event_id,
+                    "%d sighting(s) (%s...) for unknown or closed incident %s dropped",
+                    len(sightings),
+                    sightings[0][0].source_event_id,
                     incident_id,
                 )
                 return
             await self._sync(info)
-            if sighting.source_event_id in self._seen[incident_id]:
-                self.metrics.sightings.labels("redelivered").inc()
+            deferred = False
+            for k, (sighting, received_ns) in enumerate(sightings):
+                # all but the last are only tracked when the core can defer its plan
+                replan = k == len(sightings) - 1 or not self._can_defer
+                outcome = await self._apply(info, sighting, replan=replan)
+                if outcome is None:
+                    continue
+                deferred = deferred or not replan
+                last = info.get("_last_observed_at")
+                late = last is not None and sighting.observed_at < datetime.fromisoformat(last)
+                if not late:
+                    info["_last_observed_at"] = sighting.observed_at.isoformat()
+                applied.append((sighting, outcome, late, received_ns))
+            if not applied:
                 return
-            await self._sync_crews(await self._declined(incident_id))
-            try:
-                outcome = await self._core(self.coordinator.ingest, sighting)
-            except KeyError as exc:  # unknown camera / incident raced with a config change
-                log.warning("sighting %s refused by the core: %s", sighting.source_event_id, exc)
-                return
-            except NoBeliefError:
-                # A late sighting older than the track's start: the tracker kept it but the core
-                # could not plan at its time; plan at the latest time seen instead.
+            if deferred and getattr(applied[-1][1], "plan", None) is None:
+                # the batch's last sighting was a redelivery: plan with what was tracked
                 last_seen = info.get("_last_observed_at")
                 at = datetime.fromisoformat(last_seen) if last_seen else self.now()
-                try:
+                with contextlib.suppress(NoBeliefError):
                     plan = await self._core(self.coordinator.replan, incident_id, at)
-                except NoBeliefError:
-                    plan = None
-                outcome = _LateOutcome(plan)
-            await self.state.append_sighting(incident_id, sighting.model_dump(mode="json"))
-            self._applied[incident_id] += 1
-            self._seen[incident_id].add(sighting.source_event_id)
-            last = info.get("_last_observed_at")
-            late = last is not None and sighting.observed_at < datetime.fromisoformat(last)
-            if not late:
-                info["_last_observed_at"] = sighting.observed_at.isoformat()
-            info["n_sightings"] = int(info.get("n_sightings", 0)) + 1
-            plan = getattr(outcome, "plan", None)
+                    sighting, _outcome, late, received_ns = applied[-1]
+                    applied[-1] = (sighting, _LateOutcome(plan), late, received_ns)
+            plan_at = [i for i, (_, o, _, _) in enumerate(applied) if getattr(o, "plan", None) is not None]
+            full = plan_at[-1] if plan_at else len(applied) - 1
+            plan = getattr(applied[full][1], "plan", None)
             if plan is not None:
                 info["plan_version"] = int(plan.version)
             await self.state.put_incident(info)
-            await self._publish_outcome(info, sighting, outcome, late=late, received_ns=received_ns)
-        self.processed += 1
-        self.metrics.sightings_processed.inc()
+            for i, (sighting, outcome, late, received_ns) in enumerate(applied):
+                await self._publish_outcome(
+                    info, sighting, outcome, late=late, received_ns=received_ns, sighting_only=i != full
+                )
+        self.processed += len(applied)
+        self.metrics.sightings_processed.inc(len(applied))
+        if len(applied) > 1:
+            self.metrics.coalesced.inc(len(applied) - 1)
+
+    async def _apply(self, info: Json, sighting: Sighting, *, replan: bool = True) -> Any:
+        """Give one sighting to the core (caller holds the lock, after ``_sync``); ``None``
+        when it was already applied (a redelivery) or the core refused it."""
+        incident_id = sighting.incident_id
+        if sighting.source_event_id in self._seen[incident_id]:
+            self.metrics.sightings.labels("redelivered").inc()
+            return None
+        await self._sync_crews(await self._declined(incident_id))
+        outcome: Any
+        try:
+            if replan:
+                outcome = await self._core(self.coordinator.ingest, sighting)
+            else:
+                outcome = await self._core(self.coordinator.ingest, sighting, replan=False)
+        except KeyError as exc:  # unknown camera / incident raced with a config change
+            log.warning("sighting %s refused by the core: %s", sighting.source_event_id, exc)
+            return None
+        except NoBeliefError:
+            # A late sighting older than the track's start: the tracker kept it but the core
+            # could not plan at its time; plan at the latest time seen instead.
+            last_seen = info.get("_last_observed_at")
+            at = datetime.fromisoformat(last_seen) if last_seen else self.now()
+            try:
+                plan = await self._core(self.coordinator.replan, incident_id, at)
+            except NoBeliefError:
+                plan = None
+            outcome = _LateOutcome(plan)
+        await self.state.append_sighting(incident_id, sighting.model_dump(mode="json"))
+        self._applied[incident_id] += 1
+        self._seen[incident_id].add(sighting.source_event_id)
+        info["n_sightings"] = int(info.get("n_sightings", 0)) + 1
+        if info.get("lon") is None:  # no origin given: where it was first seen
+            camera = self.city.cameras.cameras[sighting.camera_id]
+            info["lon"], info["lat"] = float(camera.lon), float(camera.lat)
+        return outcome
 
     async def _declined(self, incident_id: str) -> frozenset[str]:
         return frozenset(
@@ -592,7 +687,14 @@ class DispatchService:
         )
 
     async def _publish_outcome(
-        self, info: Json, sighting: Sighting, outcome: Any, *, late: bool, received_ns: int | None
+        self,
+        info: Json,
+        sighting: Sighting,
+        outcome: Any,
+        *,
+        late: bool,
+        received_ns: int | None,
+        sighting_only: bool = False,
     ) -> None:
         communes = self.communes_of(info)
         camera = self.city.cameras.cameras[sighting.camera_id]
@@ -613,6 +715,8 @@ class DispatchService:
                 "flag": None if flag is None else f"{flag.reason}: {flag.detail}",
             },
         )
+        if sighting_only:
+            return
         view: Json = dict(await self.state.get_view(sighting.incident_id) or {})
         belief = getattr(outcome, "belief", None)
         if belief is not None:
@@ -648,6 +752,38 @@ class DispatchService:
         if plan is not None:
             view["plan"] = await self._apply_plan(info, plan, received_ns=received_ns)
         await self.state.put_view(sighting.incident_id, view)
+        pushed = [view[k] for k in ("track",) if belief is not None and k in view]
+        if prediction is not None:
+            pushed.append(
+                {
+                    "type": "prediction",
+                    "incident_id": sighting.incident_id,
+                    "at": prediction.at.isoformat(),
+                    "geojson": view["prediction"],
+                }
+            )
+        if pushed:
+            await self._push_to_crews(sighting.incident_id, pushed)
+
+    async def _push_to_crews(self, incident_id: str, messages: list[Json]) -> None:
+        """The latest track / prediction to every crew holding a delivered suggestion for the
+        incident, outside the crew stream (no ``seq``: latest state, not history)."""
+        crews = sorted(
+            {
+                s["crew_id"]
+                for s in await self.state.incident_suggestions(incident_id)
+                if s["state"] in DELIVERED
+            }
+        )
+        for crew_id in crews:
+            for message in messages:
+                await self.bus.publish(
+                    {
+                        "kind": "crew_direct",
+                        "crew_id": crew_id,
+                        "message": dict(message, sent_at=self.now().isoformat()),
+                    }
+                )
 
     async def _mode(self, info: Json) -> m.DispatchMode:
         commune = info.get("commune")
@@ -782,6 +918,8 @@ class DispatchService:
                 self.metrics.sighting_to_crew.observe((_epoch_ns() - int(received_ns)) / 1e9)
         elif kind == "op":
             self.hub.to_operators(event.get("communes"), dict(event["message"]))
+        elif kind == "crew_direct":
+            self.hub.to_crew_direct(str(event["crew_id"]), dict(event["message"]))
 
     # -----------------------------------------------------------------------------------------
     # Crews
@@ -1006,27 +1144,35 @@ class DispatchService:
     async def _modify(self, s: Json, msg: m.ModifyMsg) -> Json:
         new = dict(s)
         n = int(s.get("_modified", 0)) + 1
-        base = re.sub(r":m\d+$", "", s["suggestion_id"])
-        new["suggestion_id"] = f"{base[: 64 - len(f':m{n}')]}:m{n}"  # stays a valid identifier
+        base = str(s.get("_base_id") or s["suggestion_id"])
+        new["suggestion_id"] = f"{base}~m{n}"  # a valid SuggestionId, never a planner's id
+        new["_base_id"] = base
         new["_modified"] = n
-        if msg.lon is not None and msg.lat is not None:
-            pos = self.snapper.snap(msg.lon, msg.lat)
-            node = int(self.city.graph.edge_v[pos.edge])
-            lon, lat = self.city.graph.node_lonlat[node]
-            new.update(
-                lon=float(lon), lat=float(lat), target_node=node, route_lonlat=[], turns=[], street_names=[]
-            )
-            new["reason"] = f"target set by operator; was {s['reason']}"[:500]
         if msg.crew_id is not None:
             if await self.state.get_crew(msg.crew_id) is None:
                 raise ServiceError(404, m.ErrorCode.unknown_crew, f"unknown crew {msg.crew_id!r}")
             new["crew_id"] = msg.crew_id
+        node = int(s["target_node"])
+        if msg.lon is not None and msg.lat is not None:
+            pos = self.snapper.snap(msg.lon, msg.lat)
+            node = int(self.city.graph.edge_v[pos.edge])
+            new["reason"] = f"Cible choisie par l'opérateur ; avant : {s['reason']}"[:500]
+        crew = await self.state.get_crew(new["crew_id"])
+        if crew is not None and "_edge" in crew:
+            at = self.now()
+            position = EdgePosition(int(crew["_edge"]), float(crew["_offset_m"]))
+            evaluation = await self._core(self._evaluate_target, s["incident_id"], position, node, at)
+            new.update(evaluation)
+        elif msg.lon is not None and msg.lat is not None:  # no crew position: the target only
+            lon, lat = self.city.graph.node_lonlat[node]
+            new.update(lon=float(lon), lat=float(lat), target_node=node, route_lonlat=[], turns=[])
         new["state"] = "sent"
         delivered = s["state"] in DELIVERED
         s["state"] = "superseded"
         s["_delivered"] = delivered or bool(s.get("_delivered"))
         await self.state.put_suggestion(s)
         await self.state.put_suggestion(new)
+        await self._publish_op(s.get("_communes", []), {"type": "suggestion", "suggestion": _public(s)})
         public = _public(new)
         if delivered and s["crew_id"] == new["crew_id"]:
             await self._to_crew(
@@ -1048,9 +1194,83 @@ class DispatchService:
         self._audit(SYSTEM, "suggestion_issued", incident_id=new["incident_id"], payload=public)
         return new
 
+    def _evaluate_target(self, incident_id: str, crew_at: EdgePosition, node: int, at: datetime) -> Json:
+        """Route, street names, turns, crew ETA and the suspect's ETAs at an operator-chosen
+        crossing (runs on the core thread). The arithmetic is the core's: map_data.routing for
+        the crew's fastest path, the planner's street names and turn instructions, the current
+        prediction's per-node ETA arrays shifted to ``at`` exactly as the planner does.
+        (The Coordinator has no method for this yet; see the server's report.)"""
+        g = self.city.graph
+        times = routing.times_from_positions(g, [crew_at])[0]
+        head = int(g.edge_v[crew_at.edge])
+        nodes = routing.shortest_path(g, head, node) if np.isfinite(times[node]) else []
+        edges = [crew_at.edge, *routing.path_edges(g, nodes)] if nodes else []
+        planner = getattr(self.coordinator, "planner", None)
+        names: tuple[str, ...] = tuple(planner.street_names(node)) if planner is not None else ()
+        turns: tuple[str, ...] = ()
+        if edges:
+            from guidance.planner import turn_instructions
+
+            turns = turn_instructions(g, edges, names)
+        crew_eta = float(times[node])
+        earliest: float | None = None
+        likely: float | None = None
+        covered = 0.0
+        state = getattr(self.coordinator, "state", None)
+        prediction = None
+        if state is not None:
+            with contextlib.suppress(Exception):
+                prediction = state(incident_id, at).prediction
+        if prediction is not None:
+            shift = (at - prediction.at).total_seconds()
+            earliest = float(prediction.suspect_earliest_eta_s[node]) - shift
+            likely = float(prediction.suspect_likely_eta_s[node]) - shift
+            covered = float(prediction.pass_probability[node])
+
+        def finite(x: float | None) -> float | None:
+            return x if x is not None and math.isfinite(x) else None
+
+        lon, lat = g.node_lonlat[node]
+        return {
+            "target_node": node,
+            "lon": float(lon),
+            "lat": float(lat),
+            "street_names": list(names),
+            "route_lonlat": [[a, b] for a, b in routing.path_lonlat(g, edges)] if edges else [],
+            "turns": list(turns),
+            "crew_eta_s": crew_eta if math.isfinite(crew_eta) else 0.0,
+            "suspect_earliest_eta_s": finite(earliest),
+            "suspect_likely_eta_s": finite(likely),
+            "margin_s": finite(None if earliest is None else earliest - crew_eta),
+            "probability_covered": covered,
+        }
+
     async def set_mode(self, commune: str, mode: m.DispatchMode, actor: Actor) -> None:
         await self.state.set_mode(commune, mode.value)
         self._audit(actor, "dispatch_mode", commune=commune, payload={"mode": mode.value})
+
+    # -----------------------------------------------------------------------------------------
+    # Retention
+
+    async def purge_incidents(self, commune: str, before: datetime, keep: frozenset[str]) -> int:
+        """Drop the incidents of home commune ``commune`` whose last activity (closing, last
+        sighting, opening) is older than ``before``, except ``keep`` (legal holds)."""
+        rows = 0
+        for info in await self.state.incidents():
+            incident_id = info["incident_id"]
+            if info.get("commune") != commune or incident_id in keep:
+                continue
+            last = info.get("closed_at") or info.get("_last_observed_at") or info["opened_at"]
+            if datetime.fromisoformat(last) >= before:
+                continue
+            async with self.state.lock(incident_id):
+                if incident_id in self._applied:
+                    with contextlib.suppress(Exception):
+                        await self._core(self.coordinator.close_incident, incident_id)
+                    self._applied.pop(incident_id, None)
+                    self._seen.pop(incident_id, None)
+                rows += await self.state.drop_incident(incident_id)
+        return rows
 
     # -----------------------------------------------------------------------------------------
     # Views
@@ -1112,6 +1332,23 @@ class DispatchService:
             raise
 
 
+class IncidentStore:
+    """The service's incident store as a :class:`serving.retention.PurgeableStore`. The purge
+    job runs in a worker thread; the store's calls are made on the service's event loop."""
+
+    name = "incidents"
+
+    def __init__(self, service: DispatchService, loop: asyncio.AbstractEventLoop) -> None:
+        self.service = service
+        self.loop = loop
+
+    def purge_before(self, commune: str, before: datetime, keep_incidents: frozenset[str]) -> int:
+        future = asyncio.run_coroutine_threadsafe(
+            self.service.purge_incidents(commune, before, keep_incidents), self.loop
+        )
+        return future.result(timeout=600)
+
+
 @dataclass(frozen=True, slots=True)
 class _LateOutcome:
     plan: Any
@@ -1122,6 +1359,25 @@ class _LateOutcome:
 
 def _public(d: Json) -> Json:
     return {k: v for k, v in d.items() if not k.startswith("_")}
+
+
+def _accepts_replan(coordinator: Any) -> bool:
+    """Whether ``coordinator.ingest`` takes ``replan=False`` (track now, plan later); a
+    recording wrapper passes keywords through to the coordinator it wraps."""
+    import inspect
+
+    target = coordinator
+    while True:
+        try:
+            params = inspect.signature(target.ingest).parameters
+        except (AttributeError, TypeError, ValueError):
+            return False
+        if "replan" in params:
+            return True
+        inner = getattr(target, "inner", None)
+        if inner is None or not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+            return False
+        target = inner
 
 
 def _epoch_ns() -> int:

@@ -87,6 +87,11 @@ class StateStore(Protocol):
 
     async def crew_seq(self, crew_id: str) -> int: ...
 
+    async def drop_incident(self, incident_id: str) -> int:
+        """Remove an incident with its sighting log, suggestions and view (retention purge);
+        returns how many rows went."""
+        ...
+
     def lock(self, incident_id: str) -> Any:
         """An async context manager serializing work on one incident (across processes for Redis)."""
         ...
@@ -193,6 +198,15 @@ class MemoryState:
 
     async def crew_seq(self, crew_id: str) -> int:
         return self._crew_seq[crew_id]
+
+    async def drop_incident(self, incident_id: str) -> int:
+        if self._incidents.pop(incident_id, None) is None:
+            return 0
+        rows = 1 + len(self._logs.pop(incident_id, []))
+        for suggestion_id in self._by_incident.pop(incident_id, {}):
+            rows += self._suggestions.pop(suggestion_id, None) is not None
+        rows += self._views.pop(incident_id, None) is not None
+        return rows
 
     @asynccontextmanager
     async def lock(self, incident_id: str) -> AsyncIterator[None]:
@@ -324,6 +338,20 @@ class RedisState:
 
     async def set_mode(self, commune: str, mode: str) -> None:
         await self.client.hset(self._k("modes"), commune, mode)
+
+    async def drop_incident(self, incident_id: str) -> int:
+        if await self.get_incident(incident_id) is None:
+            return 0
+        ids = list(await self.client.hkeys(self._k("isugg", incident_id)))
+        n_log = int(await self.client.llen(self._k("log", incident_id)))
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hdel(self._k("incidents"), incident_id)
+        pipe.hdel(self._k("views"), incident_id)
+        if ids:
+            pipe.hdel(self._k("suggestions"), *ids)
+        pipe.delete(self._k("isugg", incident_id), self._k("log", incident_id))
+        await pipe.execute()
+        return 1 + n_log + len(ids) + 1
 
     async def modes(self) -> dict[str, str]:
         raw: Any = await self.client.hgetall(self._k("modes"))

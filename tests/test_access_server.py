@@ -378,11 +378,6 @@ def test_request_bodies_over_the_limit_get_413(live_server: Live) -> None:
     assert r.status_code == 413
 
 
-@pytest.mark.xfail(
-    reason="server.py checks only Content-Length; it needs serving.limits.BodySizeLimitMiddleware "
-    "(reported to the server area). Remove this marker once it is installed.",
-    strict=False,
-)
 def test_streamed_request_bodies_over_the_limit_get_413(live_server: Live) -> None:
     import httpx
 

@@ -418,6 +418,9 @@ async def test_asyncapi_and_openapi_are_served() -> None:
             "SuggestionRetractedMsg",
             "SnapshotMsg",
             "ErrorMsg",
+            "HeartbeatMsg",
+            "CrewTrackMsg",
+            "CrewPredictionMsg",
         } == crew_out
         openapi = (await raw.get("/openapi.json")).json()
         assert (
@@ -425,7 +428,9 @@ async def test_asyncapi_and_openapi_are_served() -> None:
         )
         streets = (await raw.get("/api/map/streets.geojson")).json()
         assert len(streets["features"]) > 100
-        cams = (await raw.get("/api/map/cameras.geojson")).json()
+        assert (await raw.get("/api/map/cameras.geojson")).status_code == 401
+        h = {"Authorization": f"Bearer {await token(srv.base)}"}
+        cams = (await raw.get("/api/map/cameras.geojson", headers=h)).json()
         assert len(cams["features"]) == len(city_for_tests().cameras.cameras)
 
 

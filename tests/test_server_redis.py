@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -206,16 +208,25 @@ async def test_killed_worker_loses_no_sighting(redis_proc: RedisProcess, tmp_pat
                     )
                     for j in range(9)
                 ]
-                await op_a.post_sightings(burst)
-                for item in burst:
-                    sent[item["incident_id"]].append(item["source_event_id"])
-                await asyncio.sleep(0.15)
-                probe = aioredis.Redis.from_url(redis_proc.url, decode_responses=True)
-                stranded = await probe.xpending_range(
-                    "cordon:sightings", "workers", "-", "+", 100, consumername="w-a"
-                )
-                await probe.aclose()
-                a.kill()
+                # worker b is stopped meanwhile, so the burst's entries are read by a alone
+                os.kill(b.proc.pid, signal.SIGSTOP)
+                try:
+                    await op_a.post_sightings(burst)
+                    for item in burst:
+                        sent[item["incident_id"]].append(item["source_event_id"])
+                    probe = aioredis.Redis.from_url(redis_proc.url, decode_responses=True)
+                    stranded = []
+                    for _ in range(100):  # kill a as soon as it holds read, unacknowledged entries
+                        stranded = await probe.xpending_range(
+                            "cordon:sightings", "workers", "-", "+", 100, consumername="w-a"
+                        )
+                        if stranded:
+                            break
+                        await asyncio.sleep(0.005)
+                    await probe.aclose()
+                    a.kill()
+                finally:
+                    os.kill(b.proc.pid, signal.SIGCONT)
             if target is op_a and a.proc.poll() is not None:
                 target = op_b
             await post_with_retry(target, body)

@@ -397,6 +397,9 @@ function fitIncident() {
   const t = state.tracks.get(id);
   if (t) points.push([t.lat, t.lon]);
   for (const s of state.sightings.get(id) || []) points.push([s.lat, s.lon]);
+  // The incident's own location (origin, else first sighting): an incident opened elsewhere.
+  const incident = state.incidents.get(id);
+  if (!points.length && incident && typeof incident.lon === "number") points.push([incident.lat, incident.lon]);
   for (const s of suggestionsOfSelected().filter((x) => ACTIVE_STATES.has(x.state))) {
     points.push([s.lat, s.lon]);
     const crew = state.crews.get(s.crew_id);

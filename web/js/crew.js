@@ -115,12 +115,27 @@ function handleMessage(message) {
       console.warn("cordon: server error", message.code, message.message);
       showError(message.message || message.code);
       break;
+    case "track":
+      // Pushed by the server to crews holding a suggestion for the incident.
+      if (state.suggestion && message.incident_id === state.suggestion.incident_id) {
+        state.belief = message;
+        lastPush = Date.now();
+      }
+      break;
+    case "prediction":
+      if (state.suggestion && message.incident_id === state.suggestion.incident_id && message.geojson) {
+        drawPrediction(message.geojson);
+        lastPush = Date.now();
+      }
+      break;
+    case "heartbeat":
+      return; // only keeps the link's silence timer alive (api.js)
     default:
       break;
   }
   renderLink();
   redraw();
-  refreshIncident();
+  if (type === "snapshot" || type.startsWith("suggestion")) refreshIncident(true);
 }
 
 /** The connect / gap / resume snapshot lists this crew's current (unexpired) suggestions. */
@@ -138,12 +153,17 @@ function onSnapshot(message) {
   }
 }
 
-/** The incident's latest track and prediction (`GET /api/incidents/{id}/state`), at most every 3 s. */
+/**
+ * The incident's latest track and prediction (`GET /api/incidents/{id}/state`): on a new
+ * suggestion, and as a fallback every 30 s when the server has pushed nothing for that long
+ * (it pushes `track` / `prediction` to crews holding a suggestion for the incident).
+ */
 let lastRefresh = 0;
+let lastPush = 0;
 async function refreshIncident(force = false) {
   const s = state.suggestion;
   if (!s || state.link !== LinkState.ONLINE) return;
-  if (!force && Date.now() - lastRefresh < 3000) return;
+  if (!force && (Date.now() - lastRefresh < 3000 || Date.now() - lastPush < 30000)) return;
   lastRefresh = Date.now();
   try {
     const view = await api(`/api/incidents/${encodeURIComponent(s.incident_id)}/state`, { token });
@@ -155,7 +175,7 @@ async function refreshIncident(force = false) {
     console.warn("cordon: incident state", error);
   }
 }
-setInterval(() => refreshIncident(), 5000);
+setInterval(() => refreshIncident(), 30000);
 
 function mine(s) {
   return !crewId || !s || !s.crew_id || s.crew_id === crewId;

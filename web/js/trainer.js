@@ -346,7 +346,21 @@ function renderOutcome() {
 const sim = { runId: null, poll: null };
 const simStatus = $('[data-testid="sim-status"]');
 
+/** The server paces runs at ×1 … ×60 (docs/pages.md): offer the faster speeds too. */
+function addFastSpeeds() {
+  const select = $('[data-testid="sim-speed"]');
+  for (const speed of [20, 30, 60]) {
+    if (![...select.options].some((o) => Number(o.value) === speed)) {
+      const option = document.createElement("option");
+      option.value = String(speed);
+      option.textContent = `×${speed}`;
+      select.append(option);
+    }
+  }
+}
+
 async function loadScenarios() {
+  addFastSpeeds();
   const select = $('[data-testid="scenario-select"]');
   try {
     const scenarios = await api("/api/sim/scenarios", { token });
