@@ -21,7 +21,7 @@ offered to another while that plan stands.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -77,6 +77,19 @@ class _Incident:
     plan: Plan | None = None
     plan_key: tuple[object, ...] | None = None
     revision: int = 0
+    sightings: int = 0  # non-duplicate sightings ingested (the belief's inputs)
+    predicted_sightings: int = -1  # ``sightings`` when ``prediction`` was computed
+    declined: dict[tuple[str, int], Decline] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Decline:
+    """A crew's refusal of a target of an incident: the planner never offers it again."""
+
+    crew_id: str
+    target_node: int
+    at: datetime
+    reason: str
 
 
 class Coordinator:
@@ -93,6 +106,15 @@ class Coordinator:
         An :class:`EscapePredictor` (built on ``city`` with the map's exits when omitted).
     horizon_s, step_s
         Prediction horizon and step.
+    reuse_prediction_s
+        When > 0, a re-plan with no new sighting since the incident's last prediction reuses
+        that prediction while it is at most this many seconds old (the planner shifts its ETAs
+        by the elapsed time) instead of predicting again from the belief at the new time. An
+        approximation for speed (the simulator uses it): the reused routes start from the
+        older belief, so the negative information of cameras that stayed silent since is
+        ignored. Deterministic for a given sequence of calls; such plans carry
+        ``parameters["prediction_at"]``. Default 0: every re-plan predicts afresh (the server,
+        and the audit replay, which recomputes each plan from the belief at its time).
     """
 
     def __init__(
@@ -104,7 +126,11 @@ class Coordinator:
         predictor: EscapePredictor | None = None,
         horizon_s: float = 600.0,
         step_s: float = 10.0,
+        reuse_prediction_s: float = 0.0,
     ) -> None:
+        if not reuse_prediction_s >= 0:
+            raise GuidanceError(f"reuse_prediction_s must be >= 0, got {reuse_prediction_s}")
+        self.reuse_prediction_s = float(reuse_prediction_s)
         self.city = city
         self.tracks = Tracks(city, config=tracker_config)
         if predictor is None:
@@ -193,14 +219,22 @@ class Coordinator:
                 plans[incident_id] = plan
         return plans
 
-    def ingest(self, sighting: Sighting) -> Outcome:
+    def ingest(self, sighting: Sighting, *, replan: bool = True) -> Outcome:
         """Give a sighting to its incident's tracker and re-plan at its time (or at the last
-        plan's time when the sighting arrives late)."""
+        plan's time when the sighting arrives late).
+
+        With ``replan=False`` only the track is updated (the outcome's belief, prediction and
+        plan are ``None``); the next :meth:`set_crews` or :meth:`replan` plans with it. A
+        caller that re-plans right after anyway (the simulator gives the crews' positions at
+        once) saves a plan that would be superseded at once."""
         inc = self._incident(sighting.incident_id)
         update = self.tracks.update(sighting)
         if update.duplicate:
             return Outcome(update=update, belief=None, prediction=None, plan=None)
         inc.revision += 1
+        inc.sightings += 1
+        if not replan:
+            return Outcome(update=update, belief=None, prediction=None, plan=None)
         # A late sighting (older than the last plan) re-plans at the last plan's time.
         at = sighting.observed_at
         if inc.plan is not None and inc.plan.at > at:
@@ -208,6 +242,48 @@ class Coordinator:
         plan = self._replan(inc.incident_id, at)
         belief = self._belief(inc.incident_id, at)
         return Outcome(update=update, belief=belief, prediction=inc.prediction, plan=plan)
+
+    def decline(
+        self,
+        incident_id: str,
+        crew_id: str,
+        *,
+        at: datetime,
+        reason: str = "",
+        target_node: int | None = None,
+    ) -> Plan | None:
+        """A crew declines its suggestion of ``incident_id`` (``target_node``, by default its
+        target in the incident's last plan): the planner never offers that crew that crossing
+        for this incident again, and the crew is free for other points. Re-plans at ``at``
+        (or at the last plan's time when ``at`` is earlier) and returns the new plan (``None``
+        when the incident has no position yet).
+
+        The declined pairs go into every later plan's ``parameters["declined"]`` (a list of
+        ``[crew_id, node]``), so a replay can give them back to the planner."""
+        inc = self._incident(incident_id)
+        if at.tzinfo is None:
+            raise GuidanceError("decline: 'at' must be timezone-aware")
+        if target_node is None:
+            target_node = inc.plan.target_of(crew_id) if inc.plan is not None else None
+            if target_node is None:
+                raise GuidanceError(
+                    f"decline: crew {crew_id!r} has no suggestion in the last plan of {incident_id!r}"
+                )
+        if not 0 <= target_node < self.city.graph.n_nodes:
+            raise GuidanceError(
+                f"decline: target_node {target_node} out of range 0..{self.city.graph.n_nodes - 1}"
+            )
+        key = (crew_id, int(target_node))
+        if key not in inc.declined:
+            inc.declined[key] = Decline(crew_id, int(target_node), at, reason)
+            inc.revision += 1
+        if inc.plan is not None and inc.plan.at > at:
+            at = inc.plan.at
+        return self._replan(incident_id, at)
+
+    def declines(self, incident_id: str) -> tuple[Decline, ...]:
+        """The incident's declines, in the order they were given."""
+        return tuple(self._incident(incident_id).declined.values())
 
     # ------------------------------------------------------------------ planning
 
@@ -250,9 +326,18 @@ class Coordinator:
         belief = self._belief(incident_id, at)
         if belief is None or not belief.positions:
             return None
-        prediction = self.predictor.predict(
-            belief, horizon_s=self.horizon_s, step_s=self.step_s, origin_known=inc.origin_known
+        prediction = inc.prediction
+        reused = (
+            self.reuse_prediction_s > 0
+            and prediction is not None
+            and inc.predicted_sightings == inc.sightings
+            and 0.0 <= (at - prediction.at).total_seconds() <= self.reuse_prediction_s
         )
+        if not reused or prediction is None:
+            prediction = self.predictor.predict(
+                belief, horizon_s=self.horizon_s, step_s=self.step_s, origin_known=inc.origin_known
+            )
+            inc.predicted_sightings = inc.sightings
         crews = [c for c in self._crews.values() if c.crew_id not in busy]
         plan = self.planner.plan(
             prediction,
@@ -262,7 +347,12 @@ class Coordinator:
             no_go=self._no_go,
             shared_communes=frozenset(inc.shared),
             incident_commune=inc.commune,
+            declined=frozenset(inc.declined),
         )
+        if self.reuse_prediction_s > 0:
+            parameters = dict(plan.parameters)
+            parameters["prediction_at"] = prediction.at.isoformat()
+            plan = replace(plan, parameters=parameters)
         inc.prediction, inc.plan, inc.plan_key = prediction, plan, key
         return plan
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -44,6 +44,7 @@ from map_data.routing import path_from_predecessors, path_lonlat
 from map_data.types import CompiledGraph, FloatArray, IntArray
 
 PLANNER_VERSION = "max-coverage/2"
+_CREW_CACHE_BYTES = 64 * 2**20  # Dijkstra rows kept by an InterceptionPlanner (cleared when full)
 
 
 @dataclass(frozen=True, eq=False)
@@ -56,8 +57,18 @@ class CrewTimes:
     heads: IntArray
 
 
-def crew_times(graph: CompiledGraph, crews: Sequence[Crew], *, limit_s: float) -> CrewTimes:
-    """One batched Dijkstra for all ``crews`` (each first drives to the end of its edge)."""
+def crew_times(
+    graph: CompiledGraph,
+    crews: Sequence[Crew],
+    *,
+    limit_s: float,
+    cache: dict[tuple[int, float], tuple[FloatArray, IntArray]] | None = None,
+) -> CrewTimes:
+    """One batched Dijkstra for all ``crews`` (each first drives to the end of its edge).
+
+    ``cache`` (optional, owned by the caller) keeps each head node's Dijkstra row by
+    ``(head, limit)``: a crew that stands still, or is still on the same edge, needs no new
+    search. The rows are exact, so cached and fresh results are identical."""
     if not crews:
         return CrewTimes(
             np.zeros((0, graph.n_nodes)),
@@ -77,10 +88,31 @@ def crew_times(graph: CompiledGraph, crews: Sequence[Crew], *, limit_s: float) -
         1.0 - offsets / np.maximum(graph.edge_length_m[edges], 1e-9), 0.0, 1.0
     )
     free_flow_limit = float(limit_s * factors.max())
-    dist, pred = dijkstra(
-        graph.time_csr, directed=True, indices=heads, limit=free_flow_limit, return_predecessors=True
-    )
-    eta = (np.atleast_2d(dist) + remaining[:, None]) / factors[:, None]
+    if cache is None:
+        dist, pred = dijkstra(
+            graph.time_csr, directed=True, indices=heads, limit=free_flow_limit, return_predecessors=True
+        )
+        dist, pred = np.atleast_2d(dist), np.atleast_2d(pred)
+    else:
+        missing = sorted({int(h) for h in heads.tolist() if (int(h), free_flow_limit) not in cache})
+        if missing:
+            max_rows = max(64, _CREW_CACHE_BYTES // (12 * max(graph.n_nodes, 1)))
+            if len(cache) + len(missing) > max_rows:
+                cache.clear()
+            d_new, p_new = dijkstra(
+                graph.time_csr,
+                directed=True,
+                indices=np.array(missing, dtype=np.int64),
+                limit=free_flow_limit,
+                return_predecessors=True,
+            )
+            d_new, p_new = np.atleast_2d(d_new), np.atleast_2d(p_new)
+            for i, h in enumerate(missing):
+                cache[(h, free_flow_limit)] = (d_new[i], p_new[i])
+        rows = [cache[(int(h), free_flow_limit)] for h in heads.tolist()]
+        dist = np.stack([r[0] for r in rows])
+        pred = np.stack([r[1] for r in rows])
+    eta = (dist + remaining[:, None]) / factors[:, None]
     eta[eta > limit_s] = np.inf
     return CrewTimes(
         eta_s=eta, predecessors=np.atleast_2d(pred).astype(np.int64), heads=heads.astype(np.int64)
@@ -173,8 +205,30 @@ class InterceptionPlanner:
         self.graph = city.graph
         self.config = config or PlannerConfig()
         self._polygons: dict[str, shapely.Geometry] = {}
+        self._crew_rows: dict[tuple[int, float], tuple[FloatArray, IntArray]] = {}
+        self._quant_cache: tuple[EscapePrediction, tuple[object, ...], list[FloatArray]] | None = None
 
     # ----------------------------------------------------------------------------------------
+
+    def _quantiles(
+        self,
+        prediction: EscapePrediction,
+        arrivals: tuple[IntArray, IntArray, FloatArray],
+        weights: FloatArray,
+        levels: Sequence[float],
+    ) -> list[FloatArray]:
+        """Per-node arrival quantiles of a prediction (times from ``prediction.at``), kept for
+        the last prediction: a node's quantiles depend on its own arrivals only, and shifting
+        every time by the same amount shifts them by it, so a re-plan on the same prediction
+        (later, other candidates) reuses them exactly."""
+        key = (tuple(levels), prediction.horizon_s)
+        cached = self._quant_cache
+        if cached is not None and cached[0] is prediction and cached[1] == key:
+            return cached[2]
+        rows, nodes, times = arrivals
+        quant = arrival_quantiles(nodes, times, weights[rows], self.graph.n_nodes, levels)
+        self._quant_cache = (prediction, key, quant)
+        return quant
 
     def street_names(self, node: int) -> tuple[str, ...]:
         """Distinct names of the streets meeting at ``node``, main roads first (up to 3)."""
@@ -239,8 +293,12 @@ class InterceptionPlanner:
         no_go: Sequence[NoGoArea] = (),
         shared_communes: frozenset[str] = frozenset(),
         incident_commune: str | None = None,
+        declined: Collection[tuple[str, int]] = frozenset(),
     ) -> Plan:
         """Assign each eligible crew an interception point or a hold.
+
+        ``declined`` holds ``(crew_id, node)`` pairs a crew refused for this incident: that crew
+        is never offered that crossing (at any level), not even as a kept previous target.
 
         ``at`` is the plan's time (aware); the prediction's ETAs count from ``prediction.at``
         and are shifted to ``at``. ``previous`` is this incident's last plan (its version is
@@ -278,7 +336,12 @@ class InterceptionPlanner:
             for s in sorted(previous.suggestions, key=lambda s: s.crew_id):
                 v = s.target_node
                 ok = 0 <= v < g.n_nodes and prediction.pass_probability[v] > 0 and np.isfinite(earliest[v])
-                if s.crew_id in index and ok and likely[v] > cfg.keep_margin_s:
+                if (
+                    s.crew_id in index
+                    and ok
+                    and likely[v] > cfg.keep_margin_s
+                    and (s.crew_id, v) not in declined
+                ):
                     previous_pairs.append((index[s.crew_id], v))
                     cand_mask[v] = True
         cand = np.flatnonzero(cand_mask).astype(np.int64)
@@ -298,7 +361,7 @@ class InterceptionPlanner:
         sel = in_cand[nodes]
         rows, nodes, a_times = rows[sel], nodes[sel], a_times[sel] - shift
         levels = cfg.arrival_levels
-        quant = arrival_quantiles(nodes, a_times, weights[rows], g.n_nodes, levels[1:])
+        quant = [q - shift for q in self._quantiles(prediction, arrivals, weights, levels[1:])]
         L = len(levels)
         pt_node = np.tile(cand, L)
         pt_level = np.repeat(np.arange(L), cand.size)
@@ -312,9 +375,12 @@ class InterceptionPlanner:
             keep_pt &= ~same
         pt_node, pt_level, tau = pt_node[keep_pt], pt_level[keep_pt], tau[keep_pt]
 
-        times = crew_times(g, eligible, limit_s=cfg.max_crew_travel_s)
+        times = crew_times(g, eligible, limit_s=cfg.max_crew_travel_s, cache=self._crew_rows)
         eta = times.eta_s[:, pt_node] if eligible else np.zeros((0, pt_node.size))
         feasible = eta + cfg.safety_margin_s <= tau[None, :]
+        for crew_id, v in sorted(declined):
+            if crew_id in index:
+                feasible[index[crew_id], pt_node == v] = False
         # A kept target takes the lowest level the crew still beats (by ``keep_margin_s``).
         kept_pairs: dict[int, int] = {}
         for ci, v in previous_pairs:
@@ -432,6 +498,7 @@ class InterceptionPlanner:
                 "no_go": [a.name for a in no_go if a.is_active(at)],
                 "shared_communes": sorted(shared_communes),
                 "incident_commune": incident_commune,
+                "declined": [[c, int(v)] for c, v in sorted(declined)],
             }
         )
         return Plan(

@@ -286,26 +286,30 @@ class EscapePredictor:
         # distance from the incident) do not change the argmax and are left out.
         static = self._static_time
         succ, succ_head, has_succ = self._succ, self._succ_head, self._has_succ
-        rows = np.arange(K)
         active = (t < horizon_s) & (node != dest_node) & has_succ[cur_edge]
         block = 32
         gumbel = np.empty((0, K, succ.shape[1]))
-        # Finished routes keep walking (cheaper than masking every array); only the first
-        # ``lengths[k]`` steps of route k are kept.
+        # Only the routes still walking are advanced (``idx``); the Gumbel noise is drawn for
+        # all K routes each step, so a route's draws do not depend on when the others stop.
+        idx = np.flatnonzero(active)
         for s in range(1, S):
-            if not active.any():
+            if idx.size == 0:
                 break
             if (s - 1) % block == 0:
                 gumbel = rng.gumbel(size=(block, K, succ.shape[1])).astype(np.float32)
-            heads = succ_head[cur_edge]
-            logits = static[model, cur_edge] - tt_flat[d_off + heads] * inv_temp + away * rho[heads]
-            choice = np.argmax(logits + gumbel[(s - 1) % block], axis=1)
-            cur_edge = succ[cur_edge, choice]
-            node = heads[rows, choice]
-            t = t + g.edge_time_s[cur_edge] * inv_factor
-            nodes_c[s], edges_c[s], times_c[s] = node, cur_edge, t
-            lengths += active
-            active &= (t < horizon_s) & (node != dest_node) & has_succ[cur_edge]
+            ce = cur_edge[idx]
+            heads = succ_head[ce]
+            logits = (
+                static[model[idx], ce] - tt_flat[d_off[idx] + heads] * inv_temp[idx] + away[idx] * rho[heads]
+            )
+            choice = np.argmax(logits + gumbel[(s - 1) % block][idx], axis=1)
+            new_edge = succ[ce, choice]
+            new_node = heads[np.arange(idx.size), choice]
+            new_t = t[idx] + g.edge_time_s[new_edge] * inv_factor[idx]
+            cur_edge[idx], t[idx] = new_edge, new_t
+            nodes_c[s, idx], edges_c[s, idx], times_c[s, idx] = new_node, new_edge, new_t
+            lengths[idx] += 1
+            idx = idx[(new_t < horizon_s) & (new_node != dest_node[idx]) & has_succ[new_edge]]
         width = int(lengths.max())
         steps = np.arange(S)[:, None]
         invalid = steps >= lengths[None, :]

@@ -149,29 +149,61 @@ class GuidancePolicy:
         self.replan_on_delivery = replan_on_delivery
         self.incident_id = "sim"
         self.plans = 0
+        self.declines = 0
+        self.last_plan: Any = None
 
     def _crews(self, world: World, t: float) -> list[Any]:
+        """The crews as the Coordinator sees them: ``assigned`` while a crew heads for (or
+        waits at) the target this incident's last plan gave it, else ``available``."""
         from guidance.types import Crew, CrewStatus
 
-        return [
-            Crew(
-                crew_id=c.crew_id,
-                position=world.crew_position(c, t),
-                heading_deg=None,
-                status=CrewStatus.available,
-                commune=None,
-                speed_factor=c.speed_factor,
+        plan = self.last_plan
+        out = []
+        for c in world.crews:
+            target = c.effective_target
+            on_task = plan is not None and target is not None and plan.target_of(c.crew_id) == target
+            out.append(
+                Crew(
+                    crew_id=c.crew_id,
+                    position=world.crew_position(c, t),
+                    heading_deg=None,
+                    status=CrewStatus.assigned if on_task else CrewStatus.available,
+                    commune=None,
+                    speed_factor=c.speed_factor,
+                )
             )
-            for c in world.crews
-        ]
+        return out
 
     def _apply(self, world: World, plan: Any) -> None:
-        if plan is None:
-            return
-        self.plans += 1
-        for s in plan.suggestions:
-            world.note_suggestion(s.crew_id, int(s.target_node), int(plan.version))
-            world.order(s.crew_id, int(s.target_node), source=self.name)
+        """Order each suggestion; a crew that refuses its target declines it to the
+        Coordinator (which re-plans without that pair; the new plan is applied in turn). A
+        crew the plan holds, or leaves out, that still heads for (or waits at) an old target
+        is told to hold: stop at the next crossing and wait there, available."""
+        while plan is not None:
+            self.plans += 1
+            self.last_plan = plan
+            declines: list[tuple[str, int]] = []
+            suggested: set[str] = set()
+            for s in plan.suggestions:
+                target = int(s.target_node)
+                suggested.add(s.crew_id)
+                world.note_suggestion(s.crew_id, target, int(plan.version))
+                crew = world.crew(s.crew_id)
+                refused_before = target in crew.refused
+                accepted = world.order(s.crew_id, target, source=self.name)
+                if not accepted and not refused_before and target in crew.refused:
+                    declines.append((s.crew_id, target))
+            for crew in world.crews:
+                if crew.crew_id not in suggested and crew.effective_target is not None:
+                    world.order(crew.crew_id, None, source=self.name)
+            if not declines:
+                return
+            at = world.at(world.now)
+            for crew_id, target in declines:
+                self.declines += 1
+                plan = self.coordinator.decline(
+                    self.incident_id, crew_id, at=at, reason="refused", target_node=target
+                )
 
     def _replan(self, world: World, t: float) -> None:
         """Give the crews' positions at ``t`` (which re-plans) and follow the plan."""
@@ -179,6 +211,8 @@ class GuidancePolicy:
         plan = plans.get(self.incident_id)
         if plan is None:
             plan = self.coordinator.replan(self.incident_id, world.at(t))
+        if plan is self.last_plan:
+            return
         self._apply(world, plan)
 
     def start(self, world: World, t: float) -> None:
@@ -192,9 +226,11 @@ class GuidancePolicy:
         self._replan(world, t)
 
     def on_delivery(self, world: World, sighting: SimSighting, t: float) -> None:
-        """As the server does: ingest the sighting (stamped with the time it was seen); then,
-        with ``replan_on_delivery``, give the crews' current positions, which re-plans at the
-        time of delivery (plans then go forward in time); otherwise follow the ingest's plan."""
+        """Ingest the sighting (stamped with the time it was seen); then, with
+        ``replan_on_delivery``, give the crews' current positions, which re-plans at the time
+        of delivery (plans then go forward in time; the ingest itself does not plan, as that
+        plan would be superseded at once); otherwise follow the ingest's plan, as the server
+        does."""
         from tracking.types import Sighting, SourceKind
 
         outcome = self.coordinator.ingest(
@@ -204,7 +240,8 @@ class GuidancePolicy:
                 observed_at=world.at(sighting.observed_t),
                 source_kind=SourceKind.simulation,
                 source_event_id=f"{self.incident_id}-{sighting.n}",
-            )
+            ),
+            replan=not self.replan_on_delivery,
         )
         if self.replan_on_delivery:
             self._replan(world, t)
@@ -221,13 +258,25 @@ class GuidancePolicy:
         self.coordinator.close_incident(self.incident_id)
 
 
+#: The simulator's Coordinator re-uses an incident's last prediction for this long when no
+#: sighting arrived since (see ``Coordinator(reuse_prediction_s=...)`` and docs/simulator.md).
+SIM_REUSE_PREDICTION_S = 30.0
+
+
+def sim_coordinator(city: Any, *, reuse_prediction_s: float = SIM_REUSE_PREDICTION_S) -> Any:
+    """A Coordinator configured as the simulator runs it."""
+    from guidance.coordinator import Coordinator
+
+    return Coordinator(city, reuse_prediction_s=reuse_prediction_s)
+
+
 def coordinator_for(ctx: CityContext) -> Any:
     """The Coordinator of a city, built once per :class:`CityContext` (per batch worker)."""
     got = ctx.extras.get("coordinator")
     if got is None:
-        from guidance.coordinator import Coordinator
-
-        got = Coordinator(ctx.city)
+        got = sim_coordinator(
+            ctx.city, reuse_prediction_s=ctx.extras.get("reuse_prediction_s", SIM_REUSE_PREDICTION_S)
+        )
         ctx.extras["coordinator"] = got
     return got
 

@@ -141,3 +141,66 @@ def test_incident_without_origin_plans_after_its_first_sighting(city: City) -> N
         )
     )
     assert late.plan is None or late.plan.at == seen
+
+
+def test_assigned_crews_stay_with_their_incident(city: City) -> None:
+    """A crew reported ``assigned`` (on its way to a target of incident a's plan) is still a's
+    resource at a's next plan, and never taken by incident b; an assigned crew in no plan is
+    used by neither."""
+    co = Coordinator(city)
+    co.open_incident("a", at=T0, origin_lonlat=centre_lonlat(city))
+    g = city.graph
+    other = LonLat(float(g.node_lonlat[0, 0]), float(g.node_lonlat[0, 1]))
+    co.open_incident("b", at=T0, origin_lonlat=other)
+    crews = some_crews(city, n=12, seed=1)
+    plans = co.set_crews(crews, T0)
+    on_a = {s.crew_id for s in plans["a"].suggestions}
+    on_b = {s.crew_id for s in plans["b"].suggestions}
+    assert on_a and not (on_a & on_b)
+    # a's crews are now en route: reported assigned; one other crew is assigned elsewhere.
+    stray = "crew-stray"  # assigned by the operators to something else, near incident a
+    reported = [
+        Crew(c.crew_id, c.position, status=CrewStatus.assigned) if c.crew_id in on_a else c for c in crews
+    ]
+    a_crew = next(c for c in crews if c.crew_id in on_a)
+    reported.append(Crew(stray, a_crew.position, status=CrewStatus.assigned))
+    later = T0 + timedelta(seconds=10)
+    plans = co.set_crews(reported, later)
+    a2 = {s.crew_id for s in plans["a"].suggestions}
+    b2 = {s.crew_id for s in plans["b"].suggestions}
+    assert on_a <= a2, "a's assigned crews keep their places in a's plan"
+    assert not (b2 & on_a) and stray not in a2 | b2
+    # a closes: its crews, still reported assigned, are not taken by b.
+    co.close_incident("a")
+    plans = co.set_crews(reported, later + timedelta(seconds=10))
+    assert not ({s.crew_id for s in plans["b"].suggestions} & (on_a | {stray}))
+
+
+def test_a_declined_target_is_never_offered_again(city: City) -> None:
+    def run() -> tuple[list[list[tuple[str, int]]], Coordinator]:
+        co = Coordinator(city)
+        co.open_incident("inc-dec", at=T0, origin_lonlat=centre_lonlat(city))
+        first = co.set_crews(some_crews(city, seed=2), T0)["inc-dec"]
+        s = first.suggestions[0]
+        t1 = T0 + timedelta(seconds=5)
+        after = co.decline("inc-dec", s.crew_id, at=t1, reason="route blocked")
+        assert after is not None and after.version == first.version + 1
+        assert after.target_of(s.crew_id) != s.target_node
+        assert after.parameters["declined"] == [[s.crew_id, s.target_node]]
+        seen = [[(x.crew_id, x.target_node) for x in p.suggestions] for p in (first, after)]
+        for k in range(1, 6):
+            p = co.replan("inc-dec", t1 + timedelta(seconds=10 * k))
+            assert (s.crew_id, s.target_node) not in {(x.crew_id, x.target_node) for x in p.suggestions}
+            assert p.parameters["declined"] == [[s.crew_id, s.target_node]]
+            seen.append([(x.crew_id, x.target_node) for x in p.suggestions])
+        (d,) = co.declines("inc-dec")
+        assert (d.crew_id, d.target_node, d.at, d.reason) == (s.crew_id, s.target_node, t1, "route blocked")
+        return seen, co
+
+    seen, co = run()
+    assert seen == run()[0]  # deterministic
+    # the crew stays usable elsewhere: it is offered some other crossing in some plan, or held
+    with pytest.raises(GuidanceError, match="no suggestion"):
+        co.decline("inc-dec", "crew-nobody", at=T0)
+    with pytest.raises(GuidanceError, match="out of range"):
+        co.decline("inc-dec", "crew-00", at=T0, target_node=-1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 from datetime import UTC, datetime, time, timedelta
+from typing import Any
 
 import numpy as np
 import pytest
@@ -294,3 +295,42 @@ def test_a_waiting_crew_is_not_pulled_away_as_the_suspect_comes(tee: City) -> No
     # A fresh plan would not send a crew there any more.
     fresh = planner.plan(tee_prediction(tee, at=T0), waiting, at=later)
     assert fresh.target_of("c1") != L
+
+
+def test_cached_crew_times_equal_fresh_ones() -> None:
+    from guidance.planner import crew_times
+    from map_data.city import default_city
+
+    city = default_city()
+    g = city.graph
+    rng = np.random.default_rng(3)
+    cache: dict[tuple[int, float], tuple[Any, Any]] = {}
+    for _ in range(3):  # the second and third rounds are (partly) served from the cache
+        edges = rng.choice(g.n_edges, size=6, replace=False)
+        crews = [Crew(f"c{i}", EdgePosition(int(e), 1.0), speed_factor=1.2) for i, e in enumerate(edges[:3])]
+        crews += [Crew("c-fixed", EdgePosition(7, 0.0), speed_factor=1.2)]
+        fresh = crew_times(g, crews, limit_s=300.0)
+        cached = crew_times(g, crews, limit_s=300.0, cache=cache)
+        np.testing.assert_array_equal(fresh.eta_s, cached.eta_s)
+        np.testing.assert_array_equal(fresh.predecessors, cached.predecessors)
+        np.testing.assert_array_equal(fresh.heads, cached.heads)
+    assert 4 <= len(cache) <= 10
+
+
+def test_a_planner_reused_on_one_prediction_plans_as_a_fresh_one(grid: tuple[City, EscapePredictor]) -> None:
+    """The planner's caches (crews' Dijkstra rows, the prediction's arrival quantiles) give
+    exactly the plans of a fresh planner, as the audit replay recomputes them."""
+    city, predictor = grid
+    g = city.graph
+    b = PointBelief("inc-cache", T0, (Position(5, 0.0, 1.0),), int(g.edge_u[5]))
+    pred = predictor.predict(b, horizon_s=300.0)
+    crews = [crew(f"c{i}", (37 * i + 11) % g.n_edges, 0.0, speed_factor=1.2) for i in range(6)]
+    reused = InterceptionPlanner(city)
+    previous = None
+    for k in range(4):
+        at = T0 + timedelta(seconds=5 * k)
+        fresh_plan = InterceptionPlanner(city).plan(pred, crews, at=at, previous=previous)
+        plan = reused.plan(pred, crews, at=at, previous=previous)
+        assert plan == fresh_plan
+        previous = plan
+    assert previous is not None and previous.suggestions
