@@ -297,6 +297,12 @@ class RecordingCoordinator:
         self._plan(plan)
         return plan
 
+    def decline(self, incident_id: str, crew_id: str, *, at: datetime, **kwargs: Any) -> Plan | None:
+        # The declined (crew, node) pairs travel in every later plan's parameters["declined"].
+        plan = self.inner.decline(incident_id, crew_id, at=at, **kwargs)
+        self._plan(plan)
+        return plan
+
     def set_no_go(self, areas: Sequence[NoGoArea]) -> None:
         self.inner.set_no_go(areas)
         self._no_go = tuple(areas)
@@ -507,6 +513,9 @@ def replay_incident(records: Iterable[AuditRecord], incident_id: str, city: City
                 no_go=_no_go_from(recorded.get("no_go", [])),
                 shared_communes=incident.shared_communes,
                 incident_commune=incident.commune,
+                declined=frozenset(
+                    (str(c), int(n)) for c, n in (recorded.get("parameters") or {}).get("declined", [])
+                ),
             )
         replayed = plan_payload(
             plan,

@@ -294,3 +294,23 @@ def test_recording_coordinator_two_incidents_and_a_restart(city: City, tmp_path:
         assert report.plans_checked >= 1
     assert log.verify().ok
     log.close()
+
+
+def test_replay_after_a_crew_declines(city: City, tmp_path: Path) -> None:
+    """A decline changes the planner's input: the replay must give it back and still match."""
+    from serving.audit_replay import RecordingCoordinator
+
+    log = SqliteAuditLog(tmp_path / "audit.sqlite3")
+    co = RecordingCoordinator(Coordinator(city), log, clock=lambda: T0)
+    co.open_incident("D", at=T0, commune="metz", origin_lonlat=_centre(city))
+    first = co.set_crews(_crews(city, 6), T0)["D"]
+    assert first.suggestions, "the test needs a suggestion to decline"
+    refused = first.suggestions[0]
+    after = co.decline("D", refused.crew_id, at=T0 + timedelta(seconds=2), reason="trop loin")
+    assert after is not None
+    assert [refused.crew_id, refused.target_node] in [list(p) for p in after.parameters["declined"]]
+    assert after.target_of(refused.crew_id) != refused.target_node
+    report = replay_incident(log.records(incident_id="D"), "D", city)
+    assert report.mismatches == (), report.mismatches[:2]
+    assert report.plans_checked >= 2
+    log.close()
