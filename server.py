@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import importlib
 import json
 import logging
@@ -75,6 +76,22 @@ CoordinatorFactory = Callable[[City], CoordinatorLike]
 def _default_coordinator(city: City) -> CoordinatorLike:
     coordinator: CoordinatorLike = importlib.import_module("guidance.coordinator").Coordinator(city)
     return coordinator
+
+
+def cameras_version(city: City) -> str:
+    """A hash of the camera set: ids, positions, view direction, field of view, range, commune
+    and the edge spans each sees (two servers with the same hash see the same network)."""
+    h = hashlib.sha256()
+    cams = city.cameras
+    for cid in sorted(cams.cameras):
+        c = cams.cameras[cid]
+        h.update(
+            f"{cid}|{c.lon:.7f}|{c.lat:.7f}|{c.heading_deg}|{c.fov_deg}|{c.range_m}|{c.commune}\n".encode()
+        )
+        view = cams.views.get(cid)
+        for span in view.spans if view is not None else ():
+            h.update(f" {span.edge}:{span.start_m:.2f}:{span.end_m:.2f}\n".encode())
+    return h.hexdigest()[:16]
 
 
 def load_city_for(config: ServerConfig) -> City:
@@ -332,6 +349,8 @@ def create_app(
             worker_id=config.worker_id,
             default_mode=config.dispatch_mode,
             coalesce=config.coalesce,
+            crew_speed_factor=config.crew_speed_factor,
+            replan_s=config.replan_s,
         )
         recorder.target = service
         retention = None
@@ -347,6 +366,7 @@ def create_app(
         app.state.simulations = Simulations(config.sim_scenarios_dir or ROOT / "sim" / "scenarios")
         app.state.config = config
         app.state.city = the_city
+        app.state.cameras_version = cameras_version(the_city)
         app.state.service = service
         app.state.hub = hub
         app.state.metrics = metrics
@@ -360,6 +380,10 @@ def create_app(
         if retention is not None and config.retention_interval_s > 0:
             purge = _purge_periodically(retention, the_clock, config.retention_interval_s)
             background.append(asyncio.create_task(purge, name="cordon-retention"))
+        if config.replan_s > 0 and the_clock.name == "wall" and not config.redis_url:
+            # one worker only: with several, each would re-plan (a Redis lease would fix that)
+            ticks = _replan_periodically(service, config.replan_s)
+            background.append(asyncio.create_task(ticks, name="cordon-replan"))
         if config.heartbeat_s > 0:
             beat = _heartbeats(hub, config.heartbeat_s)
             background.append(asyncio.create_task(beat, name="cordon-heartbeat"))
@@ -471,6 +495,8 @@ def create_app(
             now=service.now(),
             incidents=len(await service.state.incidents()) if ok else 0,
             connections=len(service.hub),
+            graph_version=str(service.city.graph.version),
+            cameras_version=request.app.state.cameras_version,
         )
 
     @api.post("/incidents", status_code=201, response_model=m.IncidentInfo)
@@ -641,6 +667,7 @@ def create_app(
             status=body.status,
             commune=body.commune,
             actor=actor_of(principal),
+            speed_factor=body.speed_factor,
         )
 
     @api.get("/crews", response_model=list[m.CrewBody])
@@ -722,7 +749,11 @@ def create_app(
                 "the server runs on the wall clock (start it with --clock simulation)",
             )
         allow(principal, Action.sim_control)
-        return m.SimTime(now=the_clock.set(body.now))
+        now = the_clock.set(body.now)
+        service: DispatchService = request.app.state.service
+        # like the offline simulator's guidance: re-plan every replan_s of simulated time
+        await service.tick(force=True)
+        return m.SimTime(now=now)
 
     def sims(request: Request) -> Simulations:
         simulations: Simulations = request.app.state.simulations
@@ -989,6 +1020,16 @@ async def _purge_periodically(retention: Any, clock: Clock, every_s: float) -> N
         await asyncio.sleep(every_s)
 
 
+async def _replan_periodically(service: DispatchService, every_s: float) -> None:
+    """Wall-clock mode: :meth:`DispatchService.tick` every ``every_s`` seconds."""
+    while True:
+        await asyncio.sleep(every_s)
+        try:
+            await service.tick()
+        except Exception:
+            log.exception("periodic re-plan failed")
+
+
 async def _heartbeats(hub: Hub, every_s: float) -> None:
     """An application-level ``heartbeat`` on every websocket every ``every_s`` seconds."""
     while True:
@@ -1061,10 +1102,18 @@ async def _crew_message(service: DispatchService, hub: Hub, conn: Connection, ac
             status=None,
             commune=None,
             actor=actor,
+            speed_factor=msg.speed_factor,
         )
     elif isinstance(msg, m.StatusMsg):
         await service.report_crew(
-            conn.crew_id, lon=None, lat=None, heading_deg=None, status=msg.status, commune=None, actor=actor
+            conn.crew_id,
+            lon=None,
+            lat=None,
+            heading_deg=None,
+            status=msg.status,
+            commune=None,
+            actor=actor,
+            speed_factor=msg.speed_factor,
         )
     elif isinstance(msg, m.AcceptMsg):
         await service.crew_decision(actor, "accept", msg.suggestion_id)

@@ -51,6 +51,8 @@ def build_config(
     worker_id: str | None,
     dispatch_mode: str,
     n_crossings: int,
+    demo_crews: int | None = None,
+    crew_speed_factor: float | None = None,
 ) -> ServerConfig:
     # The embedded default (no Redis, no map) is the demo; otherwise demo tokens are off unless asked.
     embedded = redis is None and map_path is None
@@ -68,6 +70,8 @@ def build_config(
         worker_id=worker_id,
         dispatch_mode=DispatchMode(dispatch_mode),
         n_crossings=n_crossings,
+        demo_crews=demo_crews,
+        crew_speed_factor=crew_speed_factor,
     )
 
 
@@ -141,6 +145,18 @@ def register(app: typer.Typer) -> None:
             str, typer.Option(help="Default dispatch mode: 'direct' or 'approval'.")
         ] = "direct",
         n_crossings: Annotated[int, typer.Option(help="Size of the generated city.")] = 1500,
+        demo_crews: Annotated[
+            int | None,
+            typer.Option(
+                min=0,
+                help="Crews parked on the map in demo mode (default 12; 0: none, e.g. for "
+                "'cordon sim run --server'). The demo token endpoint stays on.",
+            ),
+        ] = None,
+        crew_speed_factor: Annotated[
+            float | None,
+            typer.Option(min=0.01, help="Crews' speed factor when a crew sends none (default 1.2)."),
+        ] = None,
         coordinator: Annotated[
             str | None, typer.Option(hidden=True, help="module:attr of a Coordinator factory (tests).")
         ] = None,
@@ -162,6 +178,8 @@ def register(app: typer.Typer) -> None:
             worker_id=worker_id,
             dispatch_mode=dispatch_mode,
             n_crossings=n_crossings,
+            demo_crews=demo_crews,
+            crew_speed_factor=crew_speed_factor,
         )
         run_server(config, coordinator=coordinator, log_level=log_level)
 

@@ -124,6 +124,16 @@ class CordonClient:
         )
         return result
 
+    async def get_incident(self, incident_id: str) -> Json:
+        """``GET /api/incidents/{id}``: the incident (commune, sightings count, plan version)."""
+        result: Json = await self._call("GET", f"/api/incidents/{incident_id}")
+        return result
+
+    async def crews(self) -> list[Json]:
+        """``GET /api/crews``: the crews (with a position) of the token's communes."""
+        result: list[Json] = await self._call("GET", "/api/crews")
+        return result
+
     async def incident_state(self, incident_id: str) -> Json:
         result: Json = await self._call("GET", f"/api/incidents/{incident_id}/state")
         return result
@@ -145,8 +155,11 @@ class CordonClient:
         status: str | None = None,
         heading_deg: float | None = None,
         commune: str | None = None,
+        speed_factor: float | None = None,
     ) -> Json:
         body: Json = {"lon": lon, "lat": lat}
+        if speed_factor is not None:
+            body["speed_factor"] = speed_factor
         if status is not None:
             body["status"] = status
         if heading_deg is not None:
@@ -337,14 +350,21 @@ class Tablet(_Socket):
         now = self.now()
         return {k: s for k, s in self._current.items() if datetime.fromisoformat(s["expires_at"]) > now}
 
-    async def position(self, lon: float, lat: float, *, heading_deg: float | None = None) -> None:
+    async def position(
+        self, lon: float, lat: float, *, heading_deg: float | None = None, speed_factor: float | None = None
+    ) -> None:
         msg: Json = {"type": "position", "lon": lon, "lat": lat}
         if heading_deg is not None:
             msg["heading_deg"] = heading_deg
+        if speed_factor is not None:
+            msg["speed_factor"] = speed_factor
         await self.send(msg)
 
-    async def status(self, status: str) -> None:
-        await self.send({"type": "status", "status": status})
+    async def status(self, status: str, *, speed_factor: float | None = None) -> None:
+        msg: Json = {"type": "status", "status": status}
+        if speed_factor is not None:
+            msg["speed_factor"] = speed_factor
+        await self.send(msg)
 
     async def accept(self, suggestion_id: str) -> None:
         await self.send({"type": "accept", "suggestion_id": suggestion_id})

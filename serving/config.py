@@ -61,6 +61,12 @@ class ServerConfig:
     heartbeat_s: float = 10.0  # application-level {"type": "heartbeat"} on every websocket
     retention_interval_s: float = 86_400.0  # the purge job runs this often (0: never)
     retention_default_days: int = 30
+    # Crews' speed factor (legal speed x factor, for their ETAs) when a crew gives none; the
+    # simulator's crew model drives at 1.2 (sim.scenario.CrewModel.speed_factor).
+    crew_speed_factor: float = 1.2
+    # Re-plan open incidents every replan_s of server time: on the simulation clock at each
+    # POST /api/sim/time that advances it that far; on the wall clock when crews have moved.
+    replan_s: float = 10.0
 
     @property
     def tenant(self) -> Literal["live", "simulation"]:
@@ -101,6 +107,8 @@ class ServerConfig:
             ("CORDON_WS_RATE_BURST", "ws_rate_burst"),
             ("CORDON_HEARTBEAT_S", "heartbeat_s"),
             ("CORDON_RETENTION_INTERVAL_S", "retention_interval_s"),
+            ("CORDON_CREW_SPEED_FACTOR", "crew_speed_factor"),
+            ("CORDON_REPLAN_S", "replan_s"),
         ):
             if env.get(name):
                 values[key] = float(env[name])
@@ -112,6 +120,8 @@ class ServerConfig:
         config = cls(**values)  # type: ignore[arg-type]
         if config.clock not in ("wall", "simulation"):
             raise ValueError(f"clock must be 'wall' or 'simulation', not {config.clock!r}")
+        if not config.crew_speed_factor > 0:
+            raise ValueError(f"crew speed factor must be > 0, not {config.crew_speed_factor}")
         if len(config.token_secret) < 32:
             raise ValueError("token secret (CORDON_TOKEN_SECRET) must be at least 32 bytes")
         return config

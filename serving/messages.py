@@ -163,6 +163,7 @@ class CrewReport(_Model):
     status: CrewStatusName | None = None
     commune: str | None = None
     at: AwareDatetime | None = None
+    speed_factor: Annotated[float, Field(gt=0.0, le=3.0)] | None = None  # None: the server's default
 
 
 class DispatchModeBody(_Model):
@@ -178,6 +179,8 @@ class Health(_Model):
     now: AwareDatetime
     incidents: int
     connections: int
+    graph_version: str | None = None  # CompiledGraph.version of the server's map
+    cameras_version: str | None = None  # hash of the camera set (ids, positions, view edges)
 
 
 class ErrorBody(_Model):
@@ -425,11 +428,13 @@ class PositionMsg(_Model):
     lat: Latitude
     heading_deg: Heading | None = None
     at: AwareDatetime | None = None
+    speed_factor: Annotated[float, Field(gt=0.0, le=3.0)] | None = None
 
 
 class StatusMsg(_Model):
     type: Literal["status"]
     status: CrewStatusName
+    speed_factor: Annotated[float, Field(gt=0.0, le=3.0)] | None = None
 
 
 class AcceptMsg(_Model):

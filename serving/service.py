@@ -252,6 +252,8 @@ class DispatchService:
         prediction_geojson: Callable[[Any], dict[str, Any]] | None = None,
         crew_refresh_s: float = 10.0,
         coalesce: bool = True,
+        crew_speed_factor: float = 1.2,
+        replan_s: float = 10.0,
     ) -> None:
         self.city = city
         self.coordinator = coordinator
@@ -272,6 +274,14 @@ class DispatchService:
         self._crew_version = -1
         self._crews_pushed_at: datetime | None = None
         self.crew_refresh_s = crew_refresh_s
+        if not crew_speed_factor > 0:
+            raise ValueError(f"crew_speed_factor must be > 0, got {crew_speed_factor}")
+        self.crew_speed_factor = crew_speed_factor
+        self.replan_s = replan_s
+        self._ticked_at: datetime | None = None  # last periodic re-plan (simulated or wall time)
+        self._ticked_crew_version = -1
+        self.periodic_replans = 0  # core re-plans made because time advanced
+        self.periodic_plans = 0  # of those, the plans published
         self.coalesce = coalesce
         self._can_defer = _accepts_replan(coordinator)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cordon-core")
@@ -435,6 +445,14 @@ class DispatchService:
             self.communes_of(info), {"type": "incident", "event": "opened", "incident": _public(info)}
         )
         self.metrics.incidents_opened.inc()
+        if info.get("_origin"):
+            # the Coordinator has a belief from the origin: plan at once, as the offline
+            # simulator's guidance does when it opens the incident
+            try:
+                await self.replan(body.incident_id)
+            except Exception:
+                log.exception("first plan of %s (from its origin) failed", body.incident_id)
+            info = await self.incident(body.incident_id)
         return info
 
     async def close_incident(self, incident_id: str, actor: Actor) -> Json:
@@ -566,8 +584,9 @@ class DispatchService:
         for c in crews:
             if "_edge" not in c:
                 continue
+            c = dict(c, _speed_factor=float(c.get("_speed_factor") or self.crew_speed_factor))
             if c["crew_id"] in exclude:
-                c = dict(c, status="busy")
+                c["status"] = "busy"
             objects.append(self._crew_factory(c, EdgePosition(int(c["_edge"]), float(c["_offset_m"]))))
         # The Coordinator re-plans every open incident, and refuses one with no position yet.
         with contextlib.suppress(NoBeliefError):
@@ -934,8 +953,11 @@ class DispatchService:
         status: m.CrewStatusName | None,
         commune: str | None,
         actor: Actor,
+        speed_factor: float | None = None,
     ) -> Json:
-        """A crew's position and/or status (REST or tablet)."""
+        """A crew's position and/or status (REST or tablet). ``speed_factor`` (legal speed ×
+        factor, for the crew's ETAs) is kept until the crew sends another; without one the
+        service's ``crew_speed_factor`` applies."""
         old = await self.state.get_crew(crew_id)
         if old is None and (lon is None or lat is None):
             raise ServiceError(404, m.ErrorCode.unknown_crew, f"crew {crew_id!r} has no position yet")
@@ -947,6 +969,12 @@ class DispatchService:
         if status is not None:
             crew["status"] = status.value
         crew.setdefault("status", m.CrewStatusName.available.value)
+        if speed_factor is not None:
+            if not speed_factor > 0:
+                raise ServiceError(
+                    422, m.ErrorCode.invalid_message, f"crew {crew_id!r}: speed_factor must be > 0"
+                )
+            crew["_speed_factor"] = float(speed_factor)
         if commune is not None:
             crew["commune"] = commune
         elif "commune" not in crew and actor.communes is not None and len(actor.communes) == 1:
@@ -1069,21 +1097,71 @@ class DispatchService:
             await self.replan(info["incident_id"])
         return None if s is None else _public(s)
 
-    async def replan(self, incident_id: str) -> None:
-        """Ask the core for a new plan now (after a decline, an operator's retraction)."""
+    async def replan(self, incident_id: str, *, skip_unchanged: bool = False) -> bool:
+        """Ask the core for a new plan now (after a decline, an opening with an origin, time
+        advancing). With ``skip_unchanged`` (time advancing, nothing new): an incident with an
+        operator-modified suggestion in force is left alone (only new information overrides an
+        operator's choice), and a plan that sends the same crews to the same crossings as the
+        suggestions in force, none of which expires within ``2 * replan_s``, is not published
+        (no churn on the tablets). Returns whether a plan was published."""
         async with self.state.lock(incident_id):
             info = await self.incident(incident_id)
             if info.get("closed_at"):
-                return
+                return False
             await self._sync(info)
-            if self._applied.get(incident_id, 0) == 0:
-                return  # nothing to plan from yet
+            if self._applied.get(incident_id, 0) == 0 and not info.get("_origin"):
+                return False  # nothing to plan from yet
+            active = [s for s in await self.state.incident_suggestions(incident_id) if s["state"] in ACTIVE]
+            if skip_unchanged and any(s.get("_modified") for s in active):
+                return False
             await self._sync_crews(await self._declined(incident_id))
-            plan = await self._core(self.coordinator.replan, incident_id, self.now())
-            if plan is not None:
-                view = dict(await self.state.get_view(incident_id) or {})
-                view["plan"] = await self._apply_plan(info, plan, received_ns=None)
-                await self.state.put_view(incident_id, view)
+            at = max(self.now(), datetime.fromisoformat(info["opened_at"]))
+            try:
+                plan = await self._core(self.coordinator.replan, incident_id, at)
+            except NoBeliefError:
+                return False
+            if plan is None:
+                return False
+            if skip_unchanged:
+                self.periodic_replans += 1
+            if skip_unchanged and _same_assignment(plan, active, at, 2 * self.replan_s):
+                return False
+            info["plan_version"] = int(plan.version)
+            await self.state.put_incident(info)
+            view = dict(await self.state.get_view(incident_id) or {})
+            view["plan"] = await self._apply_plan(info, plan, received_ns=None)
+            await self.state.put_view(incident_id, view)
+            return True
+
+    async def tick(self, *, force: bool = False) -> int:
+        """Re-plan the open incidents that have a position when ``replan_s`` has passed since
+        the last tick (the offline simulator's guidance re-plans every 10 s of simulated time
+        as crews move and the suspect's prediction ages). On the wall clock (``force`` false)
+        a tick only plans when some crew moved or changed status since the last one: with
+        nothing new the plan would be the same. Returns the number of plans published."""
+        now = self.now()
+        if self.replan_s <= 0:
+            return 0
+        if self._ticked_at is not None and (now - self._ticked_at).total_seconds() < self.replan_s:
+            return 0
+        version, _status_version = await self.state.crew_versions()
+        if not force and version == self._ticked_crew_version:
+            self._ticked_at = now
+            return 0
+        self._ticked_at, self._ticked_crew_version = now, version
+        published = 0
+        for info in await self.state.incidents():
+            if info.get("closed_at") or not (info.get("_origin") or info.get("n_sightings")):
+                continue
+            try:
+                if await self.replan(info["incident_id"], skip_unchanged=True):
+                    published += 1
+            except ServiceError:
+                continue  # closed or purged meanwhile
+            except Exception:
+                log.exception("periodic re-plan of %s failed", info["incident_id"])
+        self.periodic_plans += published
+        return published
 
     # -----------------------------------------------------------------------------------------
     # Operators
@@ -1357,6 +1435,16 @@ class _LateOutcome:
     prediction: Any = None
 
 
+def _same_assignment(plan: PlanLike, active: Sequence[Json], at: datetime, fresh_s: float) -> bool:
+    """Whether ``plan`` sends the same crews to the same crossings as the ``active`` suggestions,
+    none of which expires within ``fresh_s`` of ``at``."""
+    planned = {(s.crew_id, int(s.target_node)) for s in plan.suggestions}
+    current = {(s["crew_id"], int(s["target_node"])) for s in active}
+    if planned != current:
+        return False
+    return all((datetime.fromisoformat(s["expires_at"]) - at).total_seconds() > fresh_s for s in active)
+
+
 def _public(d: Json) -> Json:
     return {k: v for k, v in d.items() if not k.startswith("_")}
 
@@ -1393,6 +1481,7 @@ def _default_crew_factory(crew: Json, position: EdgePosition) -> Any:
         heading_deg=crew.get("heading_deg"),
         status=CrewStatus(crew.get("status", "available")),
         commune=crew.get("commune"),
+        speed_factor=float(crew.get("_speed_factor") or 1.0),
     )
 
 

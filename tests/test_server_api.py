@@ -249,7 +249,7 @@ async def test_reconnect_resumes_from_last_seq_or_snapshot(monkeypatch: pytest.M
         back = Tablet(srv.base, tablet.token, tablet.crew_id, reconnect=False)
         back.last_seq = seen
         await back.connect()
-        missed = []
+        missed: list[dict[str, Any]] = []
         while len(missed) < stream_seq - seen:
             missed.append(await back.next(timeout_s=5))
         assert [m["seq"] for m in missed] == list(range(seen + 1, stream_seq + 1))
@@ -345,9 +345,11 @@ async def test_approval_mode_holds_suggestions_until_approved() -> None:
 
 async def test_expired_suggestion_is_never_presented_as_current() -> None:
     clock = SimulationClock(datetime.now(UTC))
-    async with running_server(
-        ServerConfig(audit_db="memory", demo_crews=0, token_secret=SECRET, clock="simulation"), clock=clock
-    ) as srv:
+    # replan_s=0: moving the clock must not re-plan (that would issue a fresh suggestion)
+    config = ServerConfig(
+        audit_db="memory", demo_crews=0, token_secret=SECRET, clock="simulation", replan_s=0
+    )
+    async with running_server(config, clock=clock) as srv:
         op = CordonClient(srv.base, await token(srv.base, "trainer"))
         tablets = await crews_online(srv.base, 6, now=clock.now)
         await asyncio.sleep(0.2)
