@@ -94,11 +94,15 @@ def crew_times(
         )
         dist, pred = np.atleast_2d(dist), np.atleast_2d(pred)
     else:
-        missing = sorted({int(h) for h in heads.tolist() if (int(h), free_flow_limit) not in cache})
+        wanted = {int(h) for h in heads.tolist()}
+        missing = sorted(h for h in wanted if (h, free_flow_limit) not in cache)
         if missing:
             max_rows = max(64, _CREW_CACHE_BYTES // (12 * max(graph.n_nodes, 1)))
             if len(cache) + len(missing) > max_rows:
+                # Evict everything, then search for every head this call needs (the rows that were
+                # cached are gone too).
                 cache.clear()
+                missing = sorted(wanted)
             d_new, p_new = dijkstra(
                 graph.time_csr,
                 directed=True,

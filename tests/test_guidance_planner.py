@@ -317,6 +317,25 @@ def test_cached_crew_times_equal_fresh_ones() -> None:
     assert 4 <= len(cache) <= 10
 
 
+def test_crew_times_when_the_cache_overflows(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full cache is emptied; the rows this call needs must then all be searched again."""
+    import guidance.planner as planner_module
+    from map_data.city import default_city
+
+    monkeypatch.setattr(planner_module, "_CREW_CACHE_BYTES", 0)  # room for 64 rows
+    g = default_city().graph
+    rng = np.random.default_rng(5)
+    cache: dict[tuple[int, float], tuple[Any, Any]] = {}
+    edges = rng.choice(g.n_edges, size=120, replace=False)
+    first = [Crew(f"a{i}", EdgePosition(int(e), 0.0)) for i, e in enumerate(edges[:40])]
+    planner_module.crew_times(g, first, limit_s=300.0, cache=cache)
+    # 10 crews already cached and 40 new ones: more than 64 rows, so the cache is emptied.
+    second = first[:10] + [Crew(f"b{i}", EdgePosition(int(e), 0.0)) for i, e in enumerate(edges[40:80])]
+    cached = planner_module.crew_times(g, second, limit_s=300.0, cache=cache)
+    fresh = planner_module.crew_times(g, second, limit_s=300.0)
+    np.testing.assert_array_equal(fresh.eta_s, cached.eta_s)
+
+
 def test_a_planner_reused_on_one_prediction_plans_as_a_fresh_one(grid: tuple[City, EscapePredictor]) -> None:
     """The planner's caches (crews' Dijkstra rows, the prediction's arrival quantiles) give
     exactly the plans of a fresh planner, as the audit replay recomputes them."""
