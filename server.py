@@ -32,6 +32,7 @@ from starlette.websockets import WebSocketDisconnect, WebSocketState
 from map_data.network_types import City
 from serving import messages as m
 from serving.asyncapi import asyncapi_document
+from serving.audit import AuditSink
 from serving.auth import (
     ALL_COMMUNES,
     Action,
@@ -56,7 +57,6 @@ from serving.limits import BodySizeLimitMiddleware, RateLimiter, RateLimitMiddle
 from serving.metrics import Metrics
 from serving.service import (
     Actor,
-    AuditSink,
     CoordinatorLike,
     DispatchService,
     IncidentStore,

@@ -144,6 +144,24 @@ class PurgeResult:
     record: AuditRecord
 
 
+class AuditSink(Protocol):
+    """Anything audit records can be appended to: an :class:`AuditLog`, the server's queue in
+    front of one, or an in-memory list in tests."""
+
+    def append(
+        self,
+        actor: str,
+        role: str,
+        action: str,
+        *,
+        at: datetime,
+        incident_id: str | None = None,
+        commune: str | None = None,
+        payload: dict[str, Any] | None = None,
+        reason: str | None = "",
+    ) -> object: ...
+
+
 class AuditLog(Protocol):
     """What the server, the retention job and the CLI use."""
 

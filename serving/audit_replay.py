@@ -23,9 +23,9 @@ import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, time
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
-from serving.audit import AuditAction, AuditRecord
+from serving.audit import AuditAction, AuditRecord, AuditSink
 
 if TYPE_CHECKING:
     from guidance.coordinator import Coordinator
@@ -177,21 +177,6 @@ def plan_payload(
 # Recording at the core's boundary
 
 
-class _Appender(Protocol):
-    def append(
-        self,
-        actor: str,
-        role: str,
-        action: str,
-        *,
-        at: datetime,
-        incident_id: str | None = None,
-        commune: str | None = None,
-        payload: Mapping[str, Any] | None = None,
-        reason: str | None = "",
-    ) -> Any: ...
-
-
 class RecordingCoordinator:
     """A :class:`guidance.coordinator.Coordinator` that audits exactly what goes in and comes out.
 
@@ -212,7 +197,7 @@ class RecordingCoordinator:
     def __init__(
         self,
         coordinator: Coordinator,
-        audit: _Appender,
+        audit: AuditSink,
         *,
         clock: Callable[[], datetime],
         actor: str = "cordon",
@@ -237,7 +222,7 @@ class RecordingCoordinator:
             at=at,
             incident_id=incident_id,
             commune=self._commune.get(incident_id),
-            payload=payload,
+            payload=dict(payload),
         )
 
     def _plan(self, plan: Plan | None) -> None:

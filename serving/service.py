@@ -34,6 +34,7 @@ from map_data.network_types import City
 from map_data.snap import Snapper
 from map_data.types import EdgePosition, LonLat
 from serving import messages as m
+from serving.audit import AuditSink
 from serving.bus import Bus, InProcessBus
 from serving.clock import Clock
 from serving.hub import Hub
@@ -125,21 +126,6 @@ class CoordinatorLike(Protocol):
     def set_crews(self, crews: Sequence[Any], at: datetime) -> Any: ...
     def replan(self, incident_id: str, at: datetime) -> Any: ...
     def close_incident(self, incident_id: str) -> Any: ...
-
-
-class AuditSink(Protocol):
-    def append(
-        self,
-        actor: str,
-        role: str,
-        action: str,
-        *,
-        at: datetime,
-        incident_id: str | None = None,
-        commune: str | None = None,
-        payload: dict[str, Any] | None = None,
-        reason: str | None = None,
-    ) -> Any: ...
 
 
 class MemoryAudit:
