@@ -337,7 +337,7 @@ def _camera_passes(city: Any, drive: _Drive) -> list[tuple[float, str]]:
     return unique
 
 
-def _plan_line(camera_id: str, plan: dict[str, Any], suggestions: dict[str, dict[str, Any]]) -> str:
+def _plan_line(trigger: str, plan: dict[str, Any], suggestions: dict[str, dict[str, Any]]) -> str:
     parts = []
     for sid in plan["suggestion_ids"][:2]:
         s = suggestions.get(sid)
@@ -349,7 +349,7 @@ def _plan_line(camera_id: str, plan: dict[str, Any], suggestions: dict[str, dict
         parts.append(f"crew {s['crew_id']} → {where}, ETA {s['crew_eta_s']:.0f} s{vs}")
     more = len(plan["suggestion_ids"]) - len(parts)
     tail = f" (+{more} more)" if more > 0 else ""
-    return f"sighting at {camera_id} → plan v{plan['version']}: " + ("; ".join(parts) or "hold") + tail
+    return f"{trigger} → plan v{plan['version']}: " + ("; ".join(parts) or "hold") + tail
 
 
 async def play(
@@ -430,7 +430,7 @@ async def play(
 
     t0 = loop.time()
     next_pass = 0
-    last_camera = "?"
+    trigger = "incident opened"  # what the next plan answers
     handled: set[str] = set()
     while True:
         t = loop.time() - t0
@@ -442,7 +442,7 @@ async def play(
         while next_pass < len(passes) and passes[next_pass][0] <= t:
             _, cam = passes[next_pass]
             next_pass += 1
-            last_camera = cam
+            trigger = f"sighting at {cam}"
             await op.post_sighting(
                 {
                     "incident_id": incident_id,
@@ -458,7 +458,8 @@ async def play(
             if msg["type"] == "plan" and msg["incident_id"] == incident_id:
                 suggestions.update({s["suggestion_id"]: s for s in msg["suggestions"]})
                 summary.plans += 1
-                line = _plan_line(last_camera, msg, suggestions)
+                line = _plan_line(trigger, msg, suggestions)
+                trigger = "re-plan (time, crews moving)"
                 summary.lines.append(line)
                 echo(f"[{t:5.1f} s] {line}")
         sx, sy = drive.lonlat(graph, t + skip_s)
