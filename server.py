@@ -789,25 +789,11 @@ def create_app(
 
     @api.post("/sim/runs/{run_id}/pause", tags=["simulation"])
     async def sim_pause(run_id: str, principal: Trainer, request: Request) -> dict[str, Any]:
-        def pause() -> SimRun:
-            run = sims(request).get(run_id)
-            run.pacer.pause()
-            if run.state == "running":
-                run.state = "paused"
-            return run
-
-        return sim_call(pause)
+        return sim_call(lambda: sims(request).get(run_id).pause())
 
     @api.post("/sim/runs/{run_id}/resume", tags=["simulation"])
     async def sim_resume(run_id: str, principal: Trainer, request: Request) -> dict[str, Any]:
-        def resume() -> SimRun:
-            run = sims(request).get(run_id)
-            run.pacer.resume()
-            if run.state == "paused":
-                run.state = "running"
-            return run
-
-        return sim_call(resume)
+        return sim_call(lambda: sims(request).get(run_id).resume())
 
     @api.post("/sim/runs/{run_id}/speed", tags=["simulation"])
     async def sim_speed(

@@ -151,6 +151,20 @@ class SimRun:
     error: str | None = None
     thread: threading.Thread | None = None
 
+    def pause(self) -> SimRun:
+        """Freeze simulated time; a finished run stays finished."""
+        self.pacer.pause()
+        if self.state == "running":
+            self.state = "paused"
+        return self
+
+    def resume(self) -> SimRun:
+        """Let simulated time run again at the current speed."""
+        self.pacer.resume()
+        if self.state == "paused":
+            self.state = "running"
+        return self
+
     def view(self) -> dict[str, Any]:
         """The run as the trainer's page reads it (docs/pages.md)."""
         if self.state in ("finished", "failed"):
