@@ -18,14 +18,14 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import APIRouter, Body, Depends, FastAPI, HTTPException, Query, Request, WebSocket
 from fastapi import Path as FPath
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 from redis.exceptions import RedisError
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
@@ -68,6 +68,7 @@ from serving.state import MemoryState, RedisState, StateStore
 from tracking.types import Sighting, SourceKind
 
 log = logging.getLogger("cordon.server")
+_Msg = TypeVar("_Msg")
 
 ROOT = Path(__file__).resolve().parent
 CoordinatorFactory = Callable[[City], CoordinatorLike]
@@ -883,6 +884,23 @@ def create_app(
     def rate_limited(principal: Principal) -> bool:
         return ws_limiter is not None and not ws_limiter.allow(f"ws:{principal.subject}")
 
+    async def receive_message(
+        websocket: WebSocket, conn: Connection, hub: Hub, principal: Principal, adapter: TypeAdapter[_Msg]
+    ) -> _Msg | None:
+        """The next client message, or ``None`` after answering a rate-limited or invalid one."""
+        metrics: Metrics = websocket.app.state.metrics
+        raw = await websocket.receive_text()
+        if rate_limited(principal):
+            metrics.ws_errors.labels("rate_limited").inc()
+            await send_error(conn, hub, m.ErrorCode.rate_limited, "too many messages; slow down")
+            return None
+        try:
+            return adapter.validate_json(raw)
+        except ValidationError as exc:
+            metrics.ws_errors.labels("invalid_message").inc()
+            await send_error(conn, hub, m.ErrorCode.invalid_message, _short(exc))
+            return None
+
     def audit_login(websocket: WebSocket, principal: Principal, via: str) -> None:
         service: DispatchService = websocket.app.state.service
         service.audit_login(actor_of(principal), via=via, jti=principal.token_id)
@@ -915,16 +933,8 @@ def create_app(
         try:
             await _crew_resume(service, hub, conn, last_seq)
             while True:
-                raw = await websocket.receive_text()
-                if rate_limited(principal):
-                    metrics.ws_errors.labels("rate_limited").inc()
-                    await send_error(conn, hub, m.ErrorCode.rate_limited, "too many messages; slow down")
-                    continue
-                try:
-                    msg = m.crew_client_adapter.validate_json(raw)
-                except ValidationError as exc:
-                    await send_error(conn, hub, m.ErrorCode.invalid_message, _short(exc))
-                    metrics.ws_errors.labels("invalid_message").inc()
+                msg = await receive_message(websocket, conn, hub, principal, m.crew_client_adapter)
+                if msg is None:
                     continue
                 metrics.ws_messages_in.labels("crew", msg.type).inc()
                 try:
@@ -966,16 +976,8 @@ def create_app(
             snap = await service.operator_snapshot(actor)
             hub.enqueue(conn, {"type": "snapshot", "reason": "connect", **snap})
             while True:
-                raw = await websocket.receive_text()
-                if rate_limited(principal):
-                    metrics.ws_errors.labels("rate_limited").inc()
-                    await send_error(conn, hub, m.ErrorCode.rate_limited, "too many messages; slow down")
-                    continue
-                try:
-                    msg = m.operator_client_adapter.validate_json(raw)
-                except ValidationError as exc:
-                    metrics.ws_errors.labels("invalid_message").inc()
-                    await send_error(conn, hub, m.ErrorCode.invalid_message, _short(exc))
+                msg = await receive_message(websocket, conn, hub, principal, m.operator_client_adapter)
+                if msg is None:
                     continue
                 metrics.ws_messages_in.labels("operator", msg.type).inc()
                 try:
