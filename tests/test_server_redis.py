@@ -245,8 +245,15 @@ async def test_killed_worker_loses_no_sighting(redis_proc: RedisProcess, tmp_pat
             events = await logged_events(redis_proc.url, inc)
             assert len(events) == len(set(events)) == len(sent[inc])
         client = aioredis.Redis.from_url(redis_proc.url, decode_responses=True)
-        pending = await client.xpending("cordon:sightings", "workers")
-        await client.aclose()
+
+        async def all_acked() -> bool:  # the ack follows the log write: give it a moment
+            return int((await client.xpending("cordon:sightings", "workers"))["pending"]) == 0
+
+        try:
+            await wait_for(all_acked, 30)
+            pending = await client.xpending("cordon:sightings", "workers")
+        finally:
+            await client.aclose()
         assert pending["pending"] == 0
         await op_a.aclose()
         await op_b.aclose()

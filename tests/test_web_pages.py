@@ -325,6 +325,9 @@ def test_operator_sightings_reach_a_crew_that_accepts_and_the_console_shows_it_i
     )
     assert "En position" in console.inner_text(f'[data-testid="crew-row-{crew_id}"]')
     assert console.is_visible(f'[data-testid="crew-marker-{crew_id}"][data-status="in_position"]')
+    console.wait_for_selector(
+        f'[data-testid="timeline"]:has-text("{crew_id} : en position")', timeout=WAIT_MS
+    )
     assert f"{crew_id} : en position" in console.inner_text('[data-testid="timeline"]')
 
     pad.screenshot(path=str(shots / "crew-day.png"))
