@@ -15,12 +15,20 @@ speed (the model the issue warns against), for calibration and for interception:
 suspects whose true route passes a planned point where the crew is there ``margin`` seconds
 before them.
 
-Usage: ``python bench/guidance.py [--quick]``; writes ``bench/results/guidance.json``.
+Server-like row (issue 6, harrisburg only): one ``Coordinator`` with 300 crews spread over the map
+(the service's speed factor 1.2), 25 incidents opened without a position, their sightings (cameras
+along a fastest path, at 0.9 x the limit) interleaved in time order; thread CPU time of each
+``Coordinator.ingest`` (track update, predict, plan of that incident; crews suggested to other
+incidents are not offered).
+
+Usage: ``python bench/guidance.py [--quick] [--reps N] [--server-only]``; writes
+``bench/results/guidance.json``.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 import time
@@ -35,6 +43,7 @@ from scipy.sparse.csgraph import dijkstra
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from guidance.coordinator import Coordinator  # noqa: E402
 from guidance.models import BehaviourModel, DestinationKind  # noqa: E402
 from guidance.planner import InterceptionPlanner  # noqa: E402
 from guidance.prediction import EscapePredictor, PredictorConfig  # noqa: E402
@@ -42,7 +51,9 @@ from guidance.testing import PointBelief, Position  # noqa: E402
 from guidance.types import Crew, EscapePrediction, Plan, PlannerConfig  # noqa: E402
 from map_data.city import default_city, exit_nodes, load_city  # noqa: E402
 from map_data.network_types import City  # noqa: E402
+from map_data.routing import shortest_path  # noqa: E402
 from map_data.types import CompiledGraph, EdgePosition  # noqa: E402
+from tracking.types import Sighting  # noqa: E402
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 OBSERVE_S = 30.0
@@ -233,11 +244,97 @@ def run_map(name: str, city: City, reps: int, seed: int) -> dict[str, object]:
     }
 
 
+SERVER_CREWS = 300
+SERVER_INCIDENTS = 25
+SERVER_SPEED_FACTOR = 1.2  # serving.service's default crew_speed_factor
+
+
+def incident_routes(city: City, n: int, rng: np.random.Generator) -> list[list[tuple[str, float]]]:
+    """For each of ``n`` incidents, the cameras along a fastest path between two far crossings
+    and the time (s) at which a suspect at 0.9 x the limit passes each."""
+    g = city.graph
+    out: list[list[tuple[str, float]]] = []
+    while len(out) < n:
+        a, b = (int(x) for x in rng.choice(g.n_nodes, 2, replace=False))
+        if np.hypot(*(g.node_xy[a] - g.node_xy[b])) < 2000.0:
+            continue
+        try:
+            nodes = shortest_path(g, a, b)
+        except ValueError:
+            continue
+        seen: list[tuple[str, float]] = []
+        t = 0.0
+        for u, v in itertools.pairwise(nodes):
+            e = g.edge_between(u, v)
+            t += float(g.edge_time_s[e]) / 0.9
+            for camera_id, _s, _e in city.cameras.on_edge.get(e, ()):
+                if camera_id not in (c for c, _ in seen):
+                    seen.append((camera_id, t))
+        if len(seen) >= 6:
+            out.append(seen[:12])
+    return out
+
+
+def run_server_like(city: City, seed: int) -> dict[str, object]:
+    """The server's case (issue 6): one Coordinator, 300 crews spread over the map (the
+    service's speed factor), 25 incidents opened without a position, their sightings
+    interleaved in time order; CPU time of each ``Coordinator.ingest`` (predict + plan of its
+    incident, crews busy on the other incidents' plans are not offered)."""
+    g = city.graph
+    rng = np.random.default_rng(seed)
+    co = Coordinator(city)
+    edges = rng.choice(g.n_edges, SERVER_CREWS, replace=False)
+    crews = [
+        Crew(
+            f"crew-{i:03d}",
+            EdgePosition(int(e), float(rng.uniform(0.0, 0.9) * g.edge_length_m[int(e)])),
+            speed_factor=SERVER_SPEED_FACTOR,
+        )
+        for i, e in enumerate(edges)
+    ]
+    routes = incident_routes(city, SERVER_INCIDENTS, rng)
+    events: list[tuple[float, str, str, int]] = []
+    for j, cams in enumerate(routes):
+        incident_id = f"srv-{j:02d}"
+        co.open_incident(incident_id, at=T0)
+        start = float(rng.uniform(0.0, 60.0))
+        events.extend((start + t, incident_id, camera_id, k) for k, (camera_id, t) in enumerate(cams))
+    co.set_crews(crews, T0)
+    events.sort()
+    cpu_ms: list[float] = []
+    wall_ms: list[float] = []
+    suggestions = 0
+    for t, incident_id, camera_id, k in events:
+        sighting = Sighting(
+            incident_id=incident_id,
+            camera_id=camera_id,
+            observed_at=T0 + timedelta(seconds=round(t, 3)),
+            source_event_id=f"{incident_id}-{k}",
+        )
+        c0, t0 = time.thread_time(), time.perf_counter()
+        outcome = co.ingest(sighting)
+        cpu_ms.append((time.thread_time() - c0) * 1e3)
+        wall_ms.append((time.perf_counter() - t0) * 1e3)
+        suggestions += len(outcome.plan.suggestions) if outcome.plan is not None else 0
+    return {
+        "crews": SERVER_CREWS,
+        "incidents": SERVER_INCIDENTS,
+        "crossings": g.n_nodes,
+        "ingests": len(cpu_ms),
+        "ingest_cpu_ms_mean": float(np.mean(cpu_ms)),
+        "ingest_cpu_ms_p50": pct(cpu_ms, 50),
+        "ingest_cpu_ms_p99": pct(cpu_ms, 99),
+        "ingest_wall_ms_mean": float(np.mean(wall_ms)),
+        "suggestions_per_ingest": suggestions / max(len(cpu_ms), 1),
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer runs, no 50k city (under a minute)")
     ap.add_argument("--reps", type=int, default=None)
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "guidance.json")
+    ap.add_argument("--server-only", action="store_true", help="only the server-like row (harrisburg)")
     args = ap.parse_args()
     reps = args.reps or (8 if args.quick else 60)
     maps: list[tuple[str, object]] = []
@@ -247,13 +344,16 @@ def main() -> None:
     maps.append(("generated_10k", lambda: default_city(n_crossings=10_000, seed=7)))
     if not args.quick:
         maps.append(("generated_50k", lambda: default_city(n_crossings=50_000, seed=7)))
+    if args.server_only:
+        maps = []
     results: dict[str, object] = {}
     all_hits: list[bool] = []
     header = (
         f"{'map':<15}{'nodes':>7}{'runs':>5}{'plan p50':>10}{'plan p99':>10}{'pred p50':>10}"
         f"{'cpu p50':>9}{'cpu p99':>9}{'calib90':>9}{'rw calib':>9}{'catch':>7}{'rw catch':>9}"
     )
-    print(header)
+    if maps:
+        print(header)
     for i, (name, build) in enumerate(maps):
         city = build()  # type: ignore[operator]
         r = run_map(name, city, reps, seed=100 + i)
@@ -267,9 +367,22 @@ def main() -> None:
             f"{r['baseline_random_walk_interception_rate']:>9.2f}",
             flush=True,
         )
-    results["calibration_90"] = float(np.mean(all_hits))
-    print(f"calibration_90 (all maps): {results['calibration_90']:.3f}")
-    print(NOTES)
+    if all_hits:
+        results["calibration_90"] = float(np.mean(all_hits))
+        print(f"calibration_90 (all maps): {results['calibration_90']:.3f}")
+        print(NOTES)
+    if harrisburg.exists():
+        city = load_city(harrisburg, cache_dir="/tmp/cordon-bench-cache")
+        s = run_server_like(city, seed=200)
+        results["server_like_harrisburg"] = s
+        print(
+            f"server-like (harrisburg, {s['crews']} crews, {s['incidents']} incidents, "
+            f"{s['ingests']} ingests): "
+            f"ingest cpu mean {s['ingest_cpu_ms_mean']:.1f} ms, p50 {s['ingest_cpu_ms_p50']:.1f}, "
+            f"p99 {s['ingest_cpu_ms_p99']:.1f}, wall mean {s['ingest_wall_ms_mean']:.1f}; "
+            f"{s['suggestions_per_ingest']:.1f} suggestions per plan",
+            flush=True,
+        )
     out: Path = args.out
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")

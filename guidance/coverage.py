@@ -31,6 +31,7 @@ from guidance.types import GuidanceError
 from map_data.types import BoolArray, FloatArray
 
 _EPS = 1e-12
+_ALT_TOP = 32  # points of largest gain tried first for a crew's best alternative
 
 
 @dataclass(frozen=True, eq=False)
@@ -85,7 +86,11 @@ def coverage_value(problem: CoverageProblem, assignment: tuple[int, ...] | list[
             raise GuidanceError(f"crew {c} cannot reach point {p} in time")
     if not points:
         return 0.0
-    covered = np.asarray(problem.incidence[points].sum(axis=0)).ravel() > 0
+    inc = sp.csr_matrix(problem.incidence)
+    covered = np.zeros(inc.shape[1], dtype=bool)
+    for p in points:
+        lo, hi = inc.indptr[p], inc.indptr[p + 1]
+        covered[inc.indices[lo:hi][inc.data[lo:hi] != 0]] = True
     return float(problem.route_weights[covered].sum())
 
 
@@ -102,6 +107,29 @@ def _residual(w: FloatArray, count: np.ndarray, rho: float) -> FloatArray:
 
 def _gains(inc_w: sp.csr_matrix, uncovered: FloatArray) -> FloatArray:
     out: FloatArray = np.asarray(inc_w @ uncovered).ravel()
+    return out
+
+
+def _best_alternative(feasible: BoolArray, gains: FloatArray, used: BoolArray, p: int) -> FloatArray:
+    """For each row of ``feasible`` (crews), the largest gain of a free point other than ``p``
+    it can take (0 when none). The few points of largest gain are tried first: a crew that can
+    take one of them has its answer there; only the others scan every point."""
+    avail = ~used
+    avail[p] = False
+    out = np.zeros(feasible.shape[0])
+    g_avail = np.where(avail, gains, -1.0)  # gains are >= 0
+    n_top = min(_ALT_TOP, g_avail.size)
+    if n_top == 0:
+        return out
+    top = np.argpartition(-g_avail, n_top - 1)[:n_top]
+    top = top[g_avail[top] >= 0.0]
+    sub = feasible[:, top]
+    hit = sub.any(axis=1)
+    if hit.any():
+        out[hit] = np.where(sub[hit], gains[top][None, :], -np.inf).max(axis=1)
+    miss = np.flatnonzero(~hit)
+    if miss.size:
+        out[miss] = np.where(feasible[miss] & avail[None, :], gains[None, :], 0.0).max(axis=1)
     return out
 
 
@@ -122,12 +150,15 @@ def lazy_greedy(
     ``fixed`` pre-assigns crews to points (kept targets); they count toward
     ``max_assignments`` and are never moved. Pairs whose gain is ``<= min_gain`` are not used
     (the crew holds).
+
+    Only crews with a feasible point take part (the others hold), and the per-point counts of
+    free feasible crews and their best tie-break bonus are updated as crews are placed rather
+    than recomputed over every crew: the picks are those of the plain loop.
     """
     C, P = problem.feasible.shape
     inc = sp.csr_matrix(problem.incidence, dtype=np.float64)
     inc.data[:] = 1.0
     w = problem.route_weights.astype(np.float64)
-    bonus = problem.pair_bonus if problem.pair_bonus is not None else np.zeros((C, P))
     feasible = problem.feasible
     assign = [-1] * C
     used = np.zeros(P, dtype=bool)
@@ -143,42 +174,57 @@ def lazy_greedy(
     budget = problem.max_assignments - sum(1 for a in assign if a >= 0)
     if budget < 0:
         raise GuidanceError(f"{-budget} more fixed crews than max_assignments={problem.max_assignments}")
-    free = np.array([a < 0 for a in assign], dtype=bool)
+    fixed_mask = np.array([a >= 0 for a in assign], dtype=bool)
+    # The crews that can take a point at all (free, with a feasible point); only they matter.
+    active = np.flatnonzero(~fixed_mask & feasible.any(axis=1)) if P else np.zeros(0, dtype=np.int64)
+    feas_a = feasible[active]
+    if problem.pair_bonus is not None:
+        bonus_a = np.asarray(problem.pair_bonus[active], dtype=np.float64)
+    else:
+        bonus_a = np.zeros((active.size, P))
+    free_a = np.ones(active.size, dtype=bool)
 
     rho = problem.point_reliability
     uncovered = _residual(w, count, rho)
     gains = _gains(inc, uncovered)
-    while budget > 0 and free.any():
+    # Per point: how many free crews can take it, and their best tie-break bonus.
+    n_free = feas_a.sum(axis=0)
+    tie = np.where(feas_a, bonus_a, -np.inf).max(axis=0) if active.size else np.full(P, -np.inf)
+    while budget > 0 and free_a.any():
         # Upper bounds first (lazy evaluation): a point's gain only shrinks as crews are placed,
         # and the gains of every point are refreshed by one sparse product per pick.
-        reach = feasible[free].any(axis=0) & ~used & (gains > min_gain)
+        reach = (n_free > 0) & ~used & (gains > min_gain)
         if not reach.any():
             break
-        tie = np.where(feasible & free[:, None], bonus, -np.inf).max(axis=0)
         p = int(np.argmax(np.where(reach, gains + tie, -np.inf)))
-        crews = np.flatnonzero(free & feasible[:, p])
+        cand = np.flatnonzero(free_a & feas_a[:, p])
         row = inc.indices[inc.indptr[p] : inc.indptr[p + 1]]
         # The crew least useful elsewhere: smallest best alternative gain, then largest bonus.
-        others = feasible[crews] & ~used[None, :]
-        others[:, p] = False
-        alt = np.where(others, gains[None, :], 0.0).max(axis=1) if P > 1 else np.zeros(crews.size)
-        order = np.lexsort((crews, -bonus[crews, p], alt))
-        c = int(crews[order[0]])
+        alt = _best_alternative(feas_a[cand], gains, used, p) if cand.size > 1 else np.zeros(cand.size)
+        order = np.lexsort((active[cand], -bonus_a[cand, p], alt))
+        k = int(cand[order[0]])
+        c = int(active[k])
         assign[c] = p
         used[p] = True
-        free[c] = False
+        free_a[k] = False
         budget -= 1
         count[row] += 1
         uncovered[row] = _residual(w[row], count[row], rho)
         gains = _gains(inc, uncovered)
-    if improve:
+        # Crew k is no longer free: update the counts, and the best bonus where it was the best.
+        n_free -= feas_a[k]
+        stale = np.flatnonzero(feas_a[k] & (bonus_a[k] >= tie))
+        if stale.size:
+            rest = free_a[:, None] & feas_a[:, stale]
+            tie[stale] = np.where(rest, bonus_a[:, stale], -np.inf).max(axis=0) if rest.size else -np.inf
+    if improve and active.size:
         _improve(
             inc,
             w,
-            feasible,
-            bonus,
+            feas_a,
+            bonus_a,
+            active,
             assign,
-            set((fixed or {}).keys()),
             problem.max_assignments,
             min_gain,
             rho=rho,
@@ -192,47 +238,83 @@ def _improve(
     w: FloatArray,
     feasible: BoolArray,
     bonus: FloatArray,
+    movable: np.ndarray,
     assign: list[int],
-    fixed: set[int],
     max_assignments: int,
     min_gain: float,
     rounds: int = 2,
     rho: float = 1.0,
 ) -> None:
-    """Move one crew at a time to its best point given the others (in place)."""
-    C, _ = feasible.shape
+    """Move one crew at a time to its best point given the others (in place).
+
+    ``movable`` are the crews that may move (``feasible`` and ``bonus`` hold their rows, in
+    that order). The gains given every placed crew are computed once and reused for every
+    crew that holds, and again after a crew returns to the point it had."""
     indptr, indices = inc.indptr, inc.indices
 
-    class _Rows:
-        def __getitem__(self, p: int) -> np.ndarray:
-            out: np.ndarray = indices[indptr[p] : indptr[p + 1]]
-            return out
+    def rows(p: int) -> np.ndarray:
+        out: np.ndarray = indices[indptr[p] : indptr[p + 1]]
+        return out
 
-    rows = _Rows()
+    P = inc.shape[0]
     count = np.zeros(inc.shape[1], dtype=np.int64)
+    used = np.zeros(P, dtype=bool)
     for a in assign:
         if a >= 0:
-            count[rows[a]] += 1
-    movable = [c for c in range(C) if c not in fixed and feasible[c].any()]
+            count[rows(a)] += 1
+            used[a] = True
+    n_assigned = int(used.sum())
+    full_gains: FloatArray | None = None  # gains given every placed crew (valid while unchanged)
+    order = movable.tolist()
+    M = len(order)
     for _ in range(rounds):
         changed = False
-        for c in movable:
-            n_assigned = sum(1 for a in assign if a >= 0)
-            if assign[c] < 0 and n_assigned >= max_assignments:
-                continue
-            if assign[c] >= 0:
-                count[rows[assign[c]]] -= 1
-            gains = _gains(inc, _residual(w, count, rho))
-            mask = feasible[c].copy()
-            mask[[a for a in assign if a >= 0 and a != assign[c]]] = False
-            score = np.where(mask, gains + bonus[c], -np.inf)
-            best = int(np.argmax(score))
-            current = float(gains[assign[c]] + bonus[c, assign[c]]) if assign[c] >= 0 else min_gain
-            if gains[best] > min_gain and score[best] > current + 1e-9:
-                assign[c] = best
+        k = 0
+        while k < M:
+            c = order[k]
+            a = assign[c]
+            if a < 0:
+                if n_assigned >= max_assignments:
+                    k += 1
+                    continue
+                # A run of crews that hold: until one of them moves nothing changes, so their
+                # best points are computed together (each row as the one-crew step would).
+                j = k
+                while j < M and assign[order[j]] < 0:
+                    j += 1
+                if full_gains is None:
+                    full_gains = _gains(inc, _residual(w, count, rho))
+                score = np.where(feasible[k:j] & ~used, full_gains + bonus[k:j], -np.inf)
+                best = np.argmax(score, axis=1)
+                best_score = score[np.arange(j - k), best]
+                moves = np.flatnonzero((full_gains[best] > min_gain) & (best_score > min_gain + 1e-9))
+                if moves.size == 0:
+                    k = j
+                    continue
+                k += int(moves[0])
+                p = int(best[moves[0]])
+                assign[order[k]] = p
+                used[p] = True
+                n_assigned += 1
+                count[rows(p)] += 1
                 changed = True
-            if assign[c] >= 0:
-                count[rows[assign[c]]] += 1
+                full_gains = None
+                k += 1
+                continue
+            count[rows(a)] -= 1
+            gains = _gains(inc, _residual(w, count, rho))
+            mask = feasible[k] & ~used
+            mask[a] = True
+            score_k = np.where(mask, gains + bonus[k], -np.inf)
+            b = int(np.argmax(score_k))
+            if gains[b] > min_gain and score_k[b] > float(gains[a] + bonus[k, a]) + 1e-9:
+                used[a] = False
+                assign[c] = b
+                used[b] = True
+                changed = True
+                full_gains = None
+            count[rows(assign[c])] += 1
+            k += 1
         if not changed:
             return
 

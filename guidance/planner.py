@@ -41,10 +41,12 @@ from guidance.types import (
 )
 from map_data.network_types import City
 from map_data.routing import path_from_predecessors, path_lonlat
-from map_data.types import CompiledGraph, FloatArray, IntArray
+from map_data.types import BoolArray, CompiledGraph, FloatArray, IntArray
 
-PLANNER_VERSION = "max-coverage/2"
+PLANNER_VERSION = "max-coverage/3"
 _CREW_CACHE_BYTES = 64 * 2**20  # Dijkstra rows kept by an InterceptionPlanner (cleared when full)
+_ROUTE_CACHE_SIZE = 4096  # suggestion routes and labels kept by an InterceptionPlanner (cleared when full)
+_REVERSE_PRUNE_MIN = 64  # crews left after the straight-line test that justify one reverse Dijkstra
 
 
 @dataclass(frozen=True, eq=False)
@@ -55,6 +57,69 @@ class CrewTimes:
     eta_s: FloatArray
     predecessors: IntArray
     heads: IntArray
+
+
+def _check_crew_edges(graph: CompiledGraph, crews: Sequence[Crew]) -> None:
+    for c in crews:
+        if not 0 <= c.position.edge < graph.n_edges:
+            raise GuidanceError(
+                f"crew {c.crew_id}: edge {c.position.edge} out of range 0..{graph.n_edges - 1}"
+            )
+
+
+def _crew_start(graph: CompiledGraph, crews: Sequence[Crew]) -> tuple[IntArray, FloatArray, FloatArray]:
+    """Each crew's edge head, the free-flow time left to it, and its speed factor."""
+    edges = np.array([c.position.edge for c in crews], dtype=np.int64)
+    offsets = np.array([c.position.offset_m for c in crews], dtype=np.float64)
+    factors = np.array([c.speed_factor for c in crews], dtype=np.float64)
+    heads = graph.edge_v[edges].astype(np.int64)
+    remaining = graph.edge_time_s[edges] * np.clip(
+        1.0 - offsets / np.maximum(graph.edge_length_m[edges], 1e-9), 0.0, 1.0
+    )
+    return heads, remaining, factors
+
+
+_Row = tuple[FloatArray, IntArray]
+_Route = tuple[tuple[tuple[float, float], ...], tuple[str, ...]]  # polyline (lon, lat), turns
+_QuantCache = tuple[EscapePrediction, tuple[object, ...], BoolArray, list[FloatArray]]
+
+
+def _dijkstra_rows(
+    graph: CompiledGraph,
+    heads: IntArray,
+    free_flow_limit: float,
+    cache: dict[tuple[int, float], _Row] | None,
+) -> list[_Row]:
+    """The Dijkstra row (times, predecessors) of each head within ``free_flow_limit``,
+    from ``cache`` when there (missing rows are searched in one batch and cached)."""
+    if heads.size == 0:
+        return []
+    if cache is None:
+        dist, pred = dijkstra(
+            graph.time_csr, directed=True, indices=heads, limit=free_flow_limit, return_predecessors=True
+        )
+        dist, pred = np.atleast_2d(dist), np.atleast_2d(pred)
+        return [(dist[i], pred[i]) for i in range(heads.size)]
+    wanted = {int(h) for h in heads.tolist()}
+    missing = sorted(h for h in wanted if (h, free_flow_limit) not in cache)
+    if missing:
+        max_rows = max(64, _CREW_CACHE_BYTES // (12 * max(graph.n_nodes, 1)))
+        if len(cache) + len(missing) > max_rows:
+            # Evict everything, then search for every head this call needs (the rows that were
+            # cached are gone too).
+            cache.clear()
+            missing = sorted(wanted)
+        d_new, p_new = dijkstra(
+            graph.time_csr,
+            directed=True,
+            indices=np.array(missing, dtype=np.int64),
+            limit=free_flow_limit,
+            return_predecessors=True,
+        )
+        d_new, p_new = np.atleast_2d(d_new), np.atleast_2d(p_new)
+        for i, h in enumerate(missing):
+            cache[(h, free_flow_limit)] = (d_new[i], p_new[i])
+    return [cache[(int(h), free_flow_limit)] for h in heads.tolist()]
 
 
 def crew_times(
@@ -75,60 +140,65 @@ def crew_times(
             np.zeros((0, graph.n_nodes), dtype=np.int64),
             np.zeros(0, dtype=np.int64),
         )
-    for c in crews:
-        if not 0 <= c.position.edge < graph.n_edges:
-            raise GuidanceError(
-                f"crew {c.crew_id}: edge {c.position.edge} out of range 0..{graph.n_edges - 1}"
-            )
-    edges = np.array([c.position.edge for c in crews], dtype=np.int64)
-    offsets = np.array([c.position.offset_m for c in crews], dtype=np.float64)
-    factors = np.array([c.speed_factor for c in crews], dtype=np.float64)
-    heads = graph.edge_v[edges]
-    remaining = graph.edge_time_s[edges] * np.clip(
-        1.0 - offsets / np.maximum(graph.edge_length_m[edges], 1e-9), 0.0, 1.0
-    )
+    _check_crew_edges(graph, crews)
+    heads, remaining, factors = _crew_start(graph, crews)
     free_flow_limit = float(limit_s * factors.max())
-    if cache is None:
-        dist, pred = dijkstra(
-            graph.time_csr, directed=True, indices=heads, limit=free_flow_limit, return_predecessors=True
-        )
-        dist, pred = np.atleast_2d(dist), np.atleast_2d(pred)
-    else:
-        wanted = {int(h) for h in heads.tolist()}
-        missing = sorted(h for h in wanted if (h, free_flow_limit) not in cache)
-        if missing:
-            max_rows = max(64, _CREW_CACHE_BYTES // (12 * max(graph.n_nodes, 1)))
-            if len(cache) + len(missing) > max_rows:
-                # Evict everything, then search for every head this call needs (the rows that were
-                # cached are gone too).
-                cache.clear()
-                missing = sorted(wanted)
-            d_new, p_new = dijkstra(
-                graph.time_csr,
-                directed=True,
-                indices=np.array(missing, dtype=np.int64),
-                limit=free_flow_limit,
-                return_predecessors=True,
-            )
-            d_new, p_new = np.atleast_2d(d_new), np.atleast_2d(p_new)
-            for i, h in enumerate(missing):
-                cache[(h, free_flow_limit)] = (d_new[i], p_new[i])
-        rows = [cache[(int(h), free_flow_limit)] for h in heads.tolist()]
-        dist = np.stack([r[0] for r in rows])
-        pred = np.stack([r[1] for r in rows])
+    rows = _dijkstra_rows(graph, heads, free_flow_limit, cache)
+    dist = np.stack([r[0] for r in rows])
+    pred = np.stack([r[1] for r in rows])
     eta = (dist + remaining[:, None]) / factors[:, None]
     eta[eta > limit_s] = np.inf
-    return CrewTimes(
-        eta_s=eta, predecessors=np.atleast_2d(pred).astype(np.int64), heads=heads.astype(np.int64)
-    )
+    return CrewTimes(eta_s=eta, predecessors=pred.astype(np.int64), heads=heads)
 
 
-def _fastest_edge(graph: CompiledGraph, u: int, v: int) -> int:
-    outs = graph.out_of(u)
-    hits = outs[graph.edge_v[outs] == v]
-    if hits.size == 0:
-        raise GuidanceError(f"no edge from node {u} to node {v}")
-    return int(hits[np.argmin(graph.edge_time_s[hits])])
+@dataclass(frozen=True, eq=False)
+class _PointTimes:
+    """Crews' ETAs at the plan's points only: ``eta_s[c, j]`` (inf beyond the travel limit or
+    for a crew that was not searched), held once per crossing, and the Dijkstra predecessor row
+    of each searched crew."""
+
+    eta_nodes: FloatArray  # crews × the distinct crossings of the points
+    at_node: IntArray  # each point's column in ``eta_nodes``
+    heads: IntArray
+    predecessors: dict[int, IntArray]
+    searched: BoolArray
+    free_flow_limit: float
+
+    @property
+    def eta_s(self) -> FloatArray:
+        """Crews × points."""
+        out: FloatArray = self.eta_nodes[:, self.at_node]
+        return out
+
+
+def _latest_start_slack(reverse_csr: sp.csr_matrix, targets: IntArray, budget: FloatArray) -> FloatArray:
+    """``max_v (budget[v] - d(u, v))`` for every node ``u`` over ``targets`` ``v`` (``-inf`` where
+    no target is within budget), ``d`` the fastest travel time: one Dijkstra on the reversed
+    graph from a super-source joined to each target ``v`` by an edge of ``top + 1 - budget[v]``."""
+    n = reverse_csr.shape[0]
+    top = float(budget.max())
+    indptr = np.r_[reverse_csr.indptr, reverse_csr.indptr[-1] + targets.size]
+    indices = np.r_[reverse_csr.indices, targets].astype(reverse_csr.indices.dtype, copy=False)
+    data = np.r_[reverse_csr.data, top + 1.0 - budget]
+    augmented = sp.csr_matrix((data, indices, indptr), shape=(n + 1, n + 1))
+    d = np.asarray(dijkstra(augmented, directed=True, indices=n, limit=top + 1.0))
+    slack: FloatArray = top + 1.0 - d[:n]
+    return slack
+
+
+def _polyline(graph: CompiledGraph, edges: Sequence[int]) -> tuple[tuple[float, float], ...]:
+    """WGS84 polyline (lon, lat) along consecutive ``edges`` without repeated joints (as
+    :func:`map_data.routing.path_lonlat`), gathered in one step."""
+    e = np.asarray(edges, dtype=np.int64)
+    starts, ends = graph.geom_ptr[e], graph.geom_ptr[e + 1]
+    if e.size == 0 or np.any(ends <= starts):
+        return tuple(path_lonlat(graph, edges))
+    starts = starts.copy()
+    starts[1:] += 1  # each joint once
+    lengths = ends - starts
+    before = np.cumsum(lengths) - lengths
+    idx = np.arange(int(lengths.sum())) + np.repeat(starts - before, lengths)
+    return tuple((x, y) for x, y in graph.geom_lonlat[idx].tolist())
 
 
 def _bearing_deg(xy: FloatArray) -> float:
@@ -147,9 +217,18 @@ def turn_instructions(
         return graph.edge_name[e] or "la voie sans nom"
 
     out = [f"Prendre {street(edges[0])}"]
-    for a, b in itertools.pairwise(edges):
-        xa, xb = graph.edge_xy(a), graph.edge_xy(b)
-        delta = (_bearing_deg(xb[:2]) - _bearing_deg(xa[-2:]) + 180.0) % 360.0 - 180.0
+    e = np.asarray(edges, dtype=np.int64)
+    ptr, xy = graph.geom_ptr, graph.geom_xy
+    if np.all(ptr[e + 1] - ptr[e] >= 2):  # the first and last segment of every edge, at once
+        first = (xy[ptr[e] + 1] - xy[ptr[e]]).tolist()
+        last = (xy[ptr[e + 1] - 1] - xy[ptr[e + 1] - 2]).tolist()
+        leave = [math.degrees(math.atan2(dy, dx)) for dx, dy in first]
+        arrive = [math.degrees(math.atan2(dy, dx)) for dx, dy in last]
+    else:
+        leave = [_bearing_deg(graph.edge_xy(x)[:2]) for x in edges]
+        arrive = [_bearing_deg(graph.edge_xy(x)[-2:]) for x in edges]
+    for i, (a, b) in enumerate(itertools.pairwise(edges)):
+        delta = (leave[i + 1] - arrive[i] + 180.0) % 360.0 - 180.0
         same = graph.edge_name[a] == graph.edge_name[b] and graph.edge_name[a] != ""
         if abs(delta) > 150.0:
             out.append(f"Faire demi-tour sur {street(b)}")
@@ -172,8 +251,17 @@ def arrival_quantiles(
     out = [np.full(n_nodes, np.inf) for _ in levels]
     if nodes.size == 0 or not levels:
         return out
-    order = np.lexsort((times, nodes))
-    n_s, t_s, w_s = nodes[order], times[order], weights[order]
+    # By node, then time: a stable sort on one float key (node + time scaled into [0, 1)) is
+    # several times faster than ``lexsort``; the rare pair of times too close for the key's
+    # precision is detected, and then ``lexsort`` decides, so the order is always the exact one.
+    t_min, t_max = float(times.min()), float(times.max())
+    key = nodes + (times - t_min) / (2.0 * (t_max - t_min) + 1.0)
+    order = np.argsort(key, kind="stable")
+    n_s, t_s = nodes[order], times[order]
+    if np.any((n_s[1:] == n_s[:-1]) & (t_s[1:] < t_s[:-1])) or not np.isfinite(key).all():
+        order = np.lexsort((times, nodes))
+        n_s, t_s = nodes[order], times[order]
+    w_s = weights[order]
     starts = np.flatnonzero(np.r_[True, n_s[1:] != n_s[:-1]])
     ends = np.r_[starts[1:], n_s.size]
     cum = np.cumsum(w_s)
@@ -204,13 +292,20 @@ def _align_with_previous(
 class InterceptionPlanner:
     """Plan crews against an :class:`EscapePrediction` on one city."""
 
-    def __init__(self, city: City, config: PlannerConfig | None = None) -> None:
+    def __init__(self, city: City, config: PlannerConfig | None = None, *, prune_crews: bool = True) -> None:
         self.city = city
         self.graph = city.graph
         self.config = config or PlannerConfig()
+        self.prune_crews = prune_crews
         self._polygons: dict[str, shapely.Geometry] = {}
         self._crew_rows: dict[tuple[int, float], tuple[FloatArray, IntArray]] = {}
-        self._quant_cache: tuple[EscapePrediction, tuple[object, ...], list[FloatArray]] | None = None
+        self._reverse_csr: sp.csr_matrix | None = None
+        self._chord_speed: float | None = None
+        self._fastest: tuple[IntArray, IntArray] | None = None
+        self._routes: dict[tuple[int, int, float], _Route] = {}
+        self._labels: dict[tuple[int, bool], tuple[tuple[str, ...], str]] = {}
+        self._path_edges([])  # builds the table of fastest edges now rather than in a plan
+        self._quant_cache: _QuantCache | None = None
 
     # ----------------------------------------------------------------------------------------
 
@@ -220,19 +315,157 @@ class InterceptionPlanner:
         arrivals: tuple[IntArray, IntArray, FloatArray],
         weights: FloatArray,
         levels: Sequence[float],
+        at_nodes: IntArray,
     ) -> list[FloatArray]:
-        """Per-node arrival quantiles of a prediction (times from ``prediction.at``), kept for
-        the last prediction: a node's quantiles depend on its own arrivals only, and shifting
-        every time by the same amount shifts them by it, so a re-plan on the same prediction
-        (later, other candidates) reuses them exactly."""
+        """Arrival quantiles of a prediction (times from ``prediction.at``) at ``at_nodes``
+        (inf at the nodes never asked for), kept for the last prediction: a node's quantiles
+        depend on its own arrivals only, and shifting every time by the same amount shifts them
+        by it, so a re-plan on the same prediction (later, other candidates) reuses them and
+        only computes the nodes it has not seen."""
         key = (tuple(levels), prediction.horizon_s)
         cached = self._quant_cache
-        if cached is not None and cached[0] is prediction and cached[1] == key:
-            return cached[2]
-        rows, nodes, times = arrivals
-        quant = arrival_quantiles(nodes, times, weights[rows], self.graph.n_nodes, levels)
-        self._quant_cache = (prediction, key, quant)
+        if cached is None or cached[0] is not prediction or cached[1] != key:
+            n = self.graph.n_nodes
+            cached = (prediction, key, np.zeros(n, dtype=bool), [np.full(n, np.inf) for _ in levels])
+            self._quant_cache = cached
+        _, _, done, quant = cached
+        todo = at_nodes[~done[at_nodes]]
+        if todo.size:
+            want = np.zeros(done.size, dtype=bool)
+            want[todo] = True
+            rows, nodes, times = arrivals
+            sel = want[nodes]
+            fresh = arrival_quantiles(nodes[sel], times[sel], weights[rows[sel]], done.size, levels)
+            for q, f in zip(quant, fresh, strict=True):
+                q[todo] = f[todo]
+            done[todo] = True
         return quant
+
+    def _point_times(
+        self, crews: Sequence[Crew], pt_node: IntArray, tau: FloatArray, keep: Collection[int]
+    ) -> _PointTimes:
+        """ETAs of ``crews`` at the points (crossings ``pt_node`` with time thresholds ``tau``).
+
+        With ``prune_crews``, a crew that cannot be in time for any point (:meth:`_may_reach`)
+        is not searched: its ETAs stay inf and it holds, as it would have anyway, so the plan is
+        the one without pruning. The crews of ``keep`` (kept targets, which need only
+        ``keep_margin_s``) are always searched."""
+        cfg = self.config
+        g = self.graph
+        C, P = len(crews), int(pt_node.size)
+        nodes, at_node = np.unique(pt_node, return_inverse=True)
+        eta = np.full((C, nodes.size), np.inf)
+        if C == 0:
+            return _PointTimes(eta, at_node, np.zeros(0, dtype=np.int64), {}, np.zeros(0, dtype=bool), 0.0)
+        _check_crew_edges(g, crews)
+        heads, remaining, factors = _crew_start(g, crews)
+        limit_s = cfg.max_crew_travel_s
+        free_flow_limit = float(limit_s * factors.max())
+        search = np.ones(C, dtype=bool)
+        if self.prune_crews:
+            search = self._may_reach(heads, remaining, factors, pt_node, tau, free_flow_limit)
+            search[np.array(sorted(keep), dtype=np.int64)] = True
+        idx = np.flatnonzero(search)
+        rows = _dijkstra_rows(g, heads[idx], free_flow_limit, self._crew_rows)
+        if idx.size and P:
+            # Each crossing once (a crossing has a point per arrival level).
+            dist = np.empty((idx.size, nodes.size))
+            for i, r in enumerate(rows):
+                dist[i] = r[0][nodes]
+            sub = (dist + remaining[idx, None]) / factors[idx, None]
+            sub[sub > limit_s] = np.inf
+            eta[idx] = sub
+        preds = {int(i): r[1] for i, r in zip(idx.tolist(), rows, strict=True)}
+        return _PointTimes(eta, at_node, heads, preds, search, free_flow_limit)
+
+    def _max_speed_mps(self) -> float:
+        """The largest straight-line speed of any edge (chord / travel time): no path is faster,
+        so ``distance / this`` bounds a travel time from below."""
+        if self._chord_speed is None:
+            g = self.graph
+            chord = np.hypot(*(g.node_xy[g.edge_u] - g.node_xy[g.edge_v]).T)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                speed = np.where(chord > 0, chord / g.edge_time_s, 0.0)
+            self._chord_speed = float(speed.max(initial=0.0))
+        return self._chord_speed
+
+    def _may_reach(
+        self,
+        heads: IntArray,
+        remaining: FloatArray,
+        factors: FloatArray,
+        pt_node: IntArray,
+        tau: FloatArray,
+        free_flow_limit: float,
+    ) -> BoolArray:
+        """Crews that may be in time for some point (a necessary condition, never approximate).
+
+        A crew reaches crossing ``v`` in ``(remaining + d(head, v)) / f`` and is in time for a
+        point of ``v`` only if that is at most ``budget(v) = min(tau - safety_margin_s,
+        max_crew_travel_s)``, i.e. ``d(head, v) <= f budget(v) - remaining``. Two tests of that,
+        both exact lower bounds (1 µs of slack for rounding):
+
+        1. straight line: ``d(head, v) >= |head - v| / max chord speed``, with ``|head - v|`` at
+           least the distance to the candidates' bounding box, against the largest budget
+           (costs next to nothing);
+        2. when more than ``_REVERSE_PRUNE_MIN`` of the crews left would need a new search (not
+           in the planner's cache of Dijkstra rows): one Dijkstra on the reversed graph
+           from all candidate crossings gives, for every node, ``max_v (F budget(v) - d(u, v))``
+           (F the fastest crew's factor), so each crew is tested against every crossing at once.
+        """
+        cfg = self.config
+        g = self.graph
+        C = heads.size
+        budget_s = np.minimum(tau - cfg.safety_margin_s, cfg.max_crew_travel_s)
+        ok = budget_s >= 0.0
+        if not ok.any():
+            return np.zeros(C, dtype=bool)
+        node_budget = np.full(g.n_nodes, -np.inf)
+        np.maximum.at(node_budget, pt_node[ok], budget_s[ok])
+        targets = np.flatnonzero(np.isfinite(node_budget))
+        reach_ff = factors * float(node_budget[targets].max()) - remaining + 1e-6  # free-flow s
+        speed = self._max_speed_mps()
+        search = reach_ff >= 0.0
+        if speed > 0:
+            box = g.node_xy[targets]
+            lo, hi = box.min(axis=0), box.max(axis=0)
+            xy = g.node_xy[heads]
+            gap = np.maximum(np.maximum(lo - xy, xy - hi), 0.0)
+            search &= np.hypot(gap[:, 0], gap[:, 1]) / speed <= reach_ff
+        fresh = sum((int(h), free_flow_limit) not in self._crew_rows for h in heads[search].tolist())
+        if fresh > _REVERSE_PRUNE_MIN:
+            if self._reverse_csr is None:
+                self._reverse_csr = sp.csr_matrix(g.time_csr.T)
+            slack = _latest_start_slack(
+                self._reverse_csr, targets, float(factors.max()) * node_budget[targets]
+            )
+            search &= slack[heads] >= remaining - 1e-6
+        out: BoolArray = search
+        return out
+
+    def _path_edges(self, path: Sequence[int]) -> list[int]:
+        """The fastest edge between each pair of consecutive nodes of ``path`` (the first in
+        ``out_of(u)`` among equally fast ones), from a sorted table of node pairs built once per
+        planner."""
+        g = self.graph
+        if self._fastest is None:
+            out = g.out_edges
+            key = g.edge_u[out] * g.n_nodes + g.edge_v[out]
+            order = np.lexsort((np.arange(out.size), g.edge_time_s[out], key))
+            k_sorted = key[order]
+            first = np.r_[True, k_sorted[1:] != k_sorted[:-1]]
+            self._fastest = (k_sorted[first], out[order][first])
+        keys, edges = self._fastest
+        if len(path) < 2:
+            return []
+        nodes = np.asarray(path, dtype=np.int64)
+        want = nodes[:-1] * g.n_nodes + nodes[1:]
+        pos = np.minimum(np.searchsorted(keys, want), keys.size - 1)
+        if not np.array_equal(keys[pos], want):
+            bad = int(np.flatnonzero(keys[pos] != want)[0])
+            raise GuidanceError(f"no edge from node {int(nodes[bad])} to node {int(nodes[bad + 1])}")
+        out_list: list[int] = edges[pos].tolist()
+        return out_list
 
     def street_names(self, node: int) -> tuple[str, ...]:
         """Distinct names of the streets meeting at ``node``, main roads first (up to 3)."""
@@ -326,8 +559,11 @@ class InterceptionPlanner:
 
         # Candidate crossings: ahead of the suspect on sampled routes, where a crew arriving
         # within its travel limit would not wait longer than ``max_wait_s`` for the earliest route.
+        # A crossing passed by no more than ``min_gain`` of the routes can never be worth a crew
+        # (a point's gain is at most its crossing's pass probability), so it is not offered.
         cand_mask = (
             (prediction.pass_probability > 0)
+            & (prediction.pass_probability + 1e-12 > cfg.min_gain)
             & np.isfinite(earliest)
             & (likely > cfg.safety_margin_s)
             & (earliest <= cfg.max_crew_travel_s + cfg.max_wait_s + cfg.safety_margin_s)
@@ -365,13 +601,11 @@ class InterceptionPlanner:
         sel = in_cand[nodes]
         rows, nodes, a_times = rows[sel], nodes[sel], a_times[sel] - shift
         levels = cfg.arrival_levels
-        quant = [q - shift for q in self._quantiles(prediction, arrivals, weights, levels[1:])]
+        quant = [q[cand] - shift for q in self._quantiles(prediction, arrivals, weights, levels[1:], cand)]
         L = len(levels)
         pt_node = np.tile(cand, L)
         pt_level = np.repeat(np.arange(L), cand.size)
-        tau = np.concatenate(
-            [earliest[cand]] + [np.maximum(quant[i][cand], earliest[cand]) for i in range(L - 1)]
-        )
+        tau = np.concatenate([earliest[cand]] + [np.maximum(quant[i], earliest[cand]) for i in range(L - 1)])
         keep_pt = np.isfinite(tau) & (tau > 0)
         if L > 1:  # a level equal to the one below adds nothing
             same = np.zeros(pt_node.size, dtype=bool)
@@ -379,8 +613,19 @@ class InterceptionPlanner:
             keep_pt &= ~same
         pt_node, pt_level, tau = pt_node[keep_pt], pt_level[keep_pt], tau[keep_pt]
 
-        times = crew_times(g, eligible, limit_s=cfg.max_crew_travel_s, cache=self._crew_rows)
-        eta = times.eta_s[:, pt_node] if eligible else np.zeros((0, pt_node.size))
+        times = self._point_times(eligible, pt_node, tau, keep={ci for ci, _ in previous_pairs})
+        # Points no crew can be in time for (the earliest crew at the crossing, plus the margin,
+        # is after ``tau``) are dropped before the crews × points matrices are built; the points
+        # of previous targets stay (a kept target needs only ``keep_margin_s``).
+        if eligible and pt_node.size:
+            first_eta = times.eta_nodes.min(axis=0)[times.at_node]
+            some = first_eta + cfg.safety_margin_s <= tau
+            if previous_pairs:
+                some |= np.isin(pt_node, [v for _, v in previous_pairs])
+        else:
+            some = np.zeros(pt_node.size, dtype=bool)
+        pt_node, pt_level, tau = pt_node[some], pt_level[some], tau[some]
+        eta = times.eta_nodes[:, times.at_node[some]]
         feasible = eta + cfg.safety_margin_s <= tau[None, :]
         for crew_id, v in sorted(declined):
             if crew_id in index:
@@ -429,12 +674,17 @@ class InterceptionPlanner:
         incidence = sp.csr_matrix((np.ones(pr.size), (pr, pc)), shape=(P, K))
         covered_p = np.asarray(incidence @ weights).ravel()
 
+        # The tie-break bonus only matters on feasible pairs (the solver never looks elsewhere).
+        bonus = np.zeros(feasible.shape)
+        fr, fc = np.nonzero(feasible)
         with np.errstate(invalid="ignore"):
-            margin = tau[None, :] - eta
-            wait = likely[pt_node][None, :] - eta
-        bonus = 1e-6 * np.clip(np.nan_to_num(margin, posinf=0.0), 0.0, 120.0) / 120.0 - 1e-6 * np.clip(
+            margin = tau[fc] - eta[fr, fc]
+            wait = likely[pt_node[fc]] - eta[fr, fc]
+        early = np.clip(np.nan_to_num(margin, posinf=0.0), 0.0, 120.0) / 120.0
+        idle = np.clip(
             (np.nan_to_num(wait, posinf=0.0) - cfg.max_wait_s) / max(cfg.max_wait_s, 1.0), 0.0, 1.0
         )
+        bonus[fr, fc] = 1e-6 * early - 1e-6 * idle
         problem = CoverageProblem(
             incidence=incidence,
             route_weights=weights,
@@ -522,7 +772,7 @@ class InterceptionPlanner:
         prediction: EscapePrediction,
         crew: Crew,
         node: int,
-        times: CrewTimes,
+        times: _PointTimes,
         ci: int,
         *,
         at: datetime,
@@ -535,14 +785,11 @@ class InterceptionPlanner:
         covered_p: float,
     ) -> Suggestion:
         g = self.graph
-        head = int(times.heads[ci])
-        path = path_from_predecessors(times.predecessors[ci], head, node)
-        edges = [crew.position.edge] + [_fastest_edge(g, a, b) for a, b in itertools.pairwise(path)]
-        names = self.street_names(node)
+        names, label = self._names_label(node, is_exit)
+        route_lonlat, turns = self._route(crew.position.edge, int(times.heads[ci]), node, times, ci)
         lon, lat = (float(x) for x in g.node_lonlat[node])
         p_cover = covered_p
         margin = earliest_s - crew_eta_s
-        label = self._label(node, names, is_exit)
         reason = (
             f"Couvre {label}, {round(100 * p_cover)} % des itinéraires probables ; "
             f"sur place {margin:.0f} s avant le suspect au plus tôt."
@@ -556,8 +803,8 @@ class InterceptionPlanner:
             lon=lon,
             lat=lat,
             street_names=names,
-            route_lonlat=tuple(path_lonlat(g, edges)),
-            turns=turn_instructions(g, edges, names),
+            route_lonlat=route_lonlat,
+            turns=turns,
             crew_eta_s=crew_eta_s,
             suspect_earliest_eta_s=earliest_s,
             suspect_likely_eta_s=likely_s,
@@ -569,6 +816,35 @@ class InterceptionPlanner:
             expires_at=at + timedelta(seconds=max(ttl, 1.0)),
             kept=kept,
         )
+
+    def _route(self, edge: int, head: int, node: int, times: _PointTimes, ci: int) -> _Route:
+        """The polyline and turn list of a crew on ``edge`` to ``node``, kept by the planner
+        (a function of the edge, the target and the search limit, so a kept target is not
+        routed again)."""
+        key = (edge, node, times.free_flow_limit)
+        hit = self._routes.get(key)
+        if hit is not None:
+            return hit
+        g = self.graph
+        path = path_from_predecessors(times.predecessors[ci], head, node)
+        edges = [edge, *self._path_edges(path)]
+        names, _ = self._names_label(node, False)
+        out = (_polyline(g, edges), turn_instructions(g, edges, names))
+        if len(self._routes) >= _ROUTE_CACHE_SIZE:
+            self._routes.clear()
+        self._routes[key] = out
+        return out
+
+    def _names_label(self, node: int, is_exit: bool) -> tuple[tuple[str, ...], str]:
+        key = (node, is_exit)
+        hit = self._labels.get(key)
+        if hit is None:
+            names = self.street_names(node)
+            hit = (names, self._label(node, names, is_exit))
+            if len(self._labels) >= _ROUTE_CACHE_SIZE:
+                self._labels.clear()
+            self._labels[key] = hit
+        return hit
 
     def _label(self, node: int, names: tuple[str, ...], is_exit: bool) -> str:
         g = self.graph

@@ -41,7 +41,7 @@ from guidance.types import (
 from map_data.network_types import City
 from map_data.types import BoolArray, CompiledGraph, FloatArray, IntArray
 
-PREDICTOR_VERSION = "escape-mixture/1"
+PREDICTOR_VERSION = "escape-mixture/2"
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,58 +266,72 @@ class EscapePredictor:
         t = g.edge_time_s[cur_edge] * remaining / factor
         node = g.edge_v[cur_edge].copy()
 
-        # The walk: one column per step for all K routes at once (finished routes stand still).
+        # The walk: one step for all the routes still walking at once.
         S = cfg.max_steps + 1
-        nodes_c = np.full((S, K), -1, dtype=np.int64)
-        edges_c = np.full((S, K), -1, dtype=np.int64)
-        times_c = np.full((S, K), np.inf, dtype=np.float64)
-        nodes_c[0], edges_c[0], times_c[0] = node, cur_edge, t
-        lengths = np.ones(K, dtype=np.int64)
-
         n = g.n_nodes
+        E = g.n_edges
         origin_xy = g.node_xy[origin]
         rho = (np.hypot(*(g.node_xy - origin_xy).T) / 100.0).astype(np.float32)  # hm from the incident
         tt_flat = self._times_to_flat
-        d_off = (dest_idx * n)[:, None]
-        inv_temp = (1.0 / self._m_temp[model])[:, None].astype(np.float32)
-        away = self._m_away[model][:, None].astype(np.float32)
-        inv_factor = 1.0 / factor
-        # Terms constant over a row's choices (the time left from the current node, its
-        # distance from the incident) do not change the argmax and are left out.
-        static = self._static_time
-        succ, succ_head, has_succ = self._succ, self._succ_head, self._has_succ
+        succ, has_succ = self._succ, self._has_succ
+        succ_head, edge_time, edge_v = self._succ_head, g.edge_time_s, g.edge_v
+        # Per (model, edge) row, each successor's score without the destination term: the
+        # static preferences and "away from the incident". Terms constant over a row's choices
+        # (the time left from the current node, its distance from the incident) do not change
+        # the argmax and are left out.
+        away_m = self._m_away.astype(np.float32)
+        static = self._static_time + away_m[:, None, None] * rho[succ_head][None, :, :]
+        static = static.reshape(-1, static.shape[2])
         active = (t < horizon_s) & (node != dest_node) & has_succ[cur_edge]
         block = 32
-        gumbel = np.empty((0, K, succ.shape[1]))
-        # Only the routes still walking are advanced (``idx``); the Gumbel noise is drawn for
-        # all K routes each step, so a route's draws do not depend on when the others stop.
+        gumbel = np.empty((0, K, succ.shape[1]), dtype=np.float32)
+        # Only the routes still walking are advanced: their state is kept compact (``idx`` the
+        # routes, the other arrays aligned with it) and shrunk when some stop; each step's
+        # (routes, edges, times) is recorded and laid out at the end. The Gumbel noise is drawn
+        # for all K routes each step, so a route's draws do not depend on when the others stop.
         idx = np.flatnonzero(active)
+        ce = cur_edge[idx]
+        tc = t[idx]
+        row0 = model[idx] * E
+        d_off = (dest_idx * n)[idx][:, None]
+        inv_temp = (1.0 / self._m_temp[model[idx]])[:, None].astype(np.float32)
+        inv_factor = 1.0 / factor[idx]
+        dest_c = dest_node[idx]
+        rec_idx: list[IntArray] = [np.arange(K)]
+        rec_edge: list[IntArray] = [cur_edge]
+        rec_time: list[FloatArray] = [t]
         for s in range(1, S):
             if idx.size == 0:
                 break
             if (s - 1) % block == 0:
-                gumbel = rng.gumbel(size=(block, K, succ.shape[1])).astype(np.float32)
-            ce = cur_edge[idx]
-            heads = succ_head[ce]
-            logits = (
-                static[model[idx], ce] - tt_flat[d_off[idx] + heads] * inv_temp[idx] + away[idx] * rho[heads]
-            )
+                # Standard Gumbel noise in float32: -log(-log(u)), u uniform in [0, 1) (u = 0 gives
+                # -inf, never +inf, so a padded successor, at -inf, is never chosen).
+                with np.errstate(divide="ignore"):
+                    gumbel = -np.log(-np.log(rng.random(size=(block, K, succ.shape[1]), dtype=np.float32)))
+            logits = static[row0 + ce] - tt_flat[d_off + succ_head[ce]] * inv_temp
             choice = np.argmax(logits + gumbel[(s - 1) % block][idx], axis=1)
-            new_edge = succ[ce, choice]
-            new_node = heads[np.arange(idx.size), choice]
-            new_t = t[idx] + g.edge_time_s[new_edge] * inv_factor[idx]
-            cur_edge[idx], t[idx] = new_edge, new_t
-            nodes_c[s, idx], edges_c[s, idx], times_c[s, idx] = new_node, new_edge, new_t
-            lengths[idx] += 1
-            idx = idx[(new_t < horizon_s) & (new_node != dest_node[idx]) & has_succ[new_edge]]
+            ce = succ[ce, choice]
+            tc = tc + edge_time[ce] * inv_factor
+            rec_idx.append(idx)
+            rec_edge.append(ce)
+            rec_time.append(tc)
+            keep = (tc < horizon_s) & (edge_v[ce] != dest_c) & has_succ[ce]
+            if not keep.all():
+                idx, ce, tc, row0, d_off = idx[keep], ce[keep], tc[keep], row0[keep], d_off[keep]
+                inv_temp, inv_factor, dest_c = inv_temp[keep], inv_factor[keep], dest_c[keep]
+        counts = np.array([a.size for a in rec_idx])
+        width = len(rec_idx)
+        all_idx = np.concatenate(rec_idx)
+        all_step = np.repeat(np.arange(width), counts)
+        lengths = np.bincount(all_idx, minlength=K).astype(np.int64)
+        edges = np.full((K, width), -1, dtype=np.int64)
+        times = np.full((K, width), np.inf, dtype=np.float64)
+        edges[all_idx, all_step] = np.concatenate(rec_edge)
+        times[all_idx, all_step] = np.concatenate(rec_time)
         width = int(lengths.max())
-        steps = np.arange(S)[:, None]
-        invalid = steps >= lengths[None, :]
-        nodes_c[invalid], edges_c[invalid], times_c[invalid] = -1, -1, np.inf
-        width = int(lengths.max())
-        nodes = np.ascontiguousarray(nodes_c[:width].T)
-        edges = np.ascontiguousarray(edges_c[:width].T)
-        times = np.ascontiguousarray(times_c[:width].T)
+        edges = np.ascontiguousarray(edges[:, :width])
+        times = np.ascontiguousarray(times[:, :width])
+        nodes = np.where(edges >= 0, edge_v[np.maximum(edges, 0)], -1)
         last_node = nodes[np.arange(K), lengths - 1]
         left = (
             (last_node == dest_node)
