@@ -4,10 +4,18 @@ For every run it records the outcome and, for a miss, where the suspect went (th
 reached), whether any suggested target lay on its true path, when the crew sent there arrived
 compared with the suspect's pass, whether the crew was pulled away before the pass, and how much
 probability the predictions gave the crossings the suspect actually passed. Prints one line per
-run and a summary; writes ``bench/results/eval_guidance.json``.
+run and a summary; writes ``bench/results/eval_guidance.json``. Each run also gets the
+perfect-knowledge bound of :mod:`sim.bounds` (``oracle``: could any crew, knowing the route at
+t = 0, have waited on it?); a miss the bound also loses is ``(unwinnable)``.
+
+``--lost`` runs no policy: over many seeds it computes the bound alone (milliseconds a run) and
+says why the lost runs are lost (how soon the suspect leaves the map, by how many seconds the best
+crew is late, how far the nearest crew is, when the first report arrives), for the issue's cells
+and the variants of ``bench/sim.py`` (``--variant centre``).
 
     .venv/bin/python bench/eval_guidance.py --map harrisburg --crews 5 --behaviour exit_seeking --runs 20
     .venv/bin/python bench/eval_guidance.py --all --runs 20     # both maps, 5 and 10 crews, both behaviours
+    .venv/bin/python bench/eval_guidance.py --lost --crews 10 --runs 200 --all-maps [--variant centre]
 """
 
 from __future__ import annotations
@@ -26,29 +34,30 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import numpy as np  # noqa: E402
-
-from map_data.routing import times_from_nodes  # noqa: E402
-from sim.policies import GuidancePolicy, coordinator_for  # noqa: E402
-from sim.scenario import build_city, parse_scenario  # noqa: E402
+from sim.bounds import Bound, perfect_knowledge  # noqa: E402
+from sim.policies import SIM_REUSE_PREDICTION_S, GuidancePolicy, coordinator_for  # noqa: E402
+from sim.scenario import build_city  # noqa: E402
 from sim.world import CityContext, World  # noqa: E402
 
 
-def scenario_for(map_name: str, crews: int, behaviour: str, seed: int = 0) -> Any:
-    """The same scenario as ``bench/sim.py``."""
-    return parse_scenario(
-        {
-            "name": f"eval-{map_name}-{crews}-{behaviour}",
-            "map": {"kind": "file", "path": f"../shared/maps/{map_name}.osm.bz2"},
-            "cameras": {"kind": "synthetic", "density": "metz", "seed": 0},
-            "crews": {"count": crews, "area": {"radius_m": 3000, "min_distance_m": 300}},
-            "suspect": {"behaviour": behaviour},
-            "duration_s": 600,
-            "seed": seed,
-            "base_dir": str(ROOT),
-        },
-        source=f"eval {map_name}",
-    )
+def _bench_sim() -> Any:
+    """``bench/sim.py`` as a module (its name clashes with the ``sim`` package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_sim", ROOT / "bench" / "sim.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+BENCH = _bench_sim()
+
+
+def scenario_for(map_name: str, crews: int, behaviour: str, seed: int = 0, variant: str | None = None) -> Any:
+    """The same scenario as ``bench/sim.py`` (a cell, or a cell of one of its variants)."""
+    sc = BENCH._scenario(map_name, crews, behaviour, variant)
+    return sc.with_run(seed=seed) if seed != sc.seed else sc
 
 
 class RecordingPolicy(GuidancePolicy):
@@ -70,9 +79,6 @@ def diagnose(ctx: CityContext, scenario: Any, seed: int) -> dict[str, Any]:
     policy = RecordingPolicy(coordinator_for(ctx))
     t0 = time.perf_counter()
     world = World(ctx, sc, policy)
-    starts = [c.node for c in world.crews]
-    crew_factor = sc.crew_model.speed_factor
-    reaction = sc.crew_model.reaction_s
     result = world.run_for()
     wall = time.perf_counter() - t0
     o = result.outcome
@@ -89,10 +95,7 @@ def diagnose(ctx: CityContext, scenario: Any, seed: int) -> dict[str, Any]:
         pass_t.setdefault(v, t)
     # Oracle: could some crew, sent at t=0 to a crossing of the true path, wait there >= 10 s
     # before the suspect passes? (an upper bound for any policy on an unreactive suspect)
-    tf = times_from_nodes(g, np.array(starts, dtype=np.int64)) / crew_factor + reaction
-    nodes = np.array(list(pass_t), dtype=np.int64)
-    slack = np.array([pass_t[v] for v in nodes.tolist()]) - tf[:, nodes].min(axis=0) - 10.0
-    oracle = bool((slack >= 0).any()) if nodes.size else False
+    oracle = perfect_knowledge(ctx, scenario, seed).winnable
     out: dict[str, Any] = {
         "oracle": oracle,
         "seed": seed,
@@ -169,7 +172,12 @@ def _coordinator(ctx: CityContext, predictor: dict[str, Any], planner: dict[str,
         planner["arrival_levels"] = tuple(planner["arrival_levels"])
     exits = exit_nodes(ctx.city.graph)
     pred = EscapePredictor(ctx.city, config=PredictorConfig(**predictor), exits=exits if exits.size else None)
-    return Coordinator(ctx.city, planner_config=PlannerConfig(**planner), predictor=pred)
+    return Coordinator(
+        ctx.city,
+        planner_config=PlannerConfig(**planner),
+        predictor=pred,
+        reuse_prediction_s=SIM_REUSE_PREDICTION_S,  # as the simulator's (sim.policies.sim_coordinator)
+    )
 
 
 _W: dict[str, Any] = {}
@@ -191,6 +199,65 @@ def evaluate(
         return list(pool.map(_work, tasks))
 
 
+def _q(values: list[float], qs: tuple[float, ...] = (10, 50, 90)) -> list[float]:
+    import numpy as np
+
+    return [round(float(v), 1) for v in np.percentile(values, qs)] if values else []
+
+
+def lost_runs(ctx: CityContext, scenario: Any, runs: int) -> dict[str, Any]:
+    """The perfect-knowledge bound over ``runs`` seeds, and why the lost runs are lost."""
+    bounds: list[Bound] = [perfect_knowledge(ctx, scenario, scenario.seed + i) for i in range(runs)]
+    won = [b for b in bounds if b.winnable]
+    lost = [b for b in bounds if not b.winnable]
+
+    def ends(bs: list[Bound]) -> list[float]:
+        return [b.end_t for b in bs if b.end_kind == "escape"]
+
+    margins = [b.best_margin_s for b in lost if b.best_margin_s is not None]
+    by_margin = {
+        "late_by_le_15s": sum(-15.0 <= m < 0 for m in margins),
+        "late_by_15_60s": sum(-60.0 <= m < -15.0 for m in margins),
+        "late_by_gt_60s": sum(m < -60.0 for m in margins),
+    }
+    by_exit = {}
+    for limit in (180.0, 240.0, 300.0):
+        quick = [b for b in bounds if b.end_kind == "escape" and b.end_t < limit]
+        by_exit[f"exit_before_{limit:.0f}s"] = {
+            "runs": len(quick),
+            "winnable": sum(b.winnable for b in quick),
+        }
+    speed = {}
+    for lo, hi in ((1.3, 1.4), (1.4, 1.5), (1.5, 1.61)):
+        band = [b for b in bounds if lo <= b.suspect_speed_factor < hi]
+        speed[f"{lo:.1f}-{min(hi, 1.6):.1f}"] = {"runs": len(band), "winnable": sum(b.winnable for b in band)}
+    return {
+        "runs": runs,
+        "rate": len(won) / runs,
+        "rate_from_first_report": sum(b.winnable_from_first_report for b in bounds) / runs,
+        "lost": len(lost),
+        "lost_seen_before_the_end": sum(
+            b.first_report_t is not None and b.first_report_t < b.end_t for b in lost
+        ),
+        "escape_t_s_q10_50_90": {"lost": _q(ends(lost)), "won": _q(ends(won))},
+        "best_margin_s_q10_50_90_lost": _q(margins),
+        "lost_by_margin": by_margin,
+        "nearest_crew_to_origin_s_q10_50_90": {
+            "lost": _q([b.nearest_crew_to_origin_s for b in lost]),
+            "won": _q([b.nearest_crew_to_origin_s for b in won]),
+        },
+        "origin_exit_free_flow_s_q10_50_90": {
+            "lost": _q([b.origin_exit_free_flow_s for b in lost]),
+            "won": _q([b.origin_exit_free_flow_s for b in won]),
+        },
+        "first_report_t_s_q10_50_90_lost": _q(
+            [b.first_report_t for b in lost if b.first_report_t is not None]
+        ),
+        "by_exit_time": by_exit,
+        "by_suspect_speed_factor": speed,
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--map", default="harrisburg")
@@ -200,6 +267,11 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--all", action="store_true", help="both maps, 5 and 10 crews, both behaviours")
     ap.add_argument("--verbose", action="store_true")
+    ap.add_argument(
+        "--lost", action="store_true", help="the bound alone over --runs seeds: why runs are lost"
+    )
+    ap.add_argument("--all-maps", action="store_true", help="with --lost: both maps")
+    ap.add_argument("--variant", default=None, help="a variant of bench/sim.py (e.g. centre)")
     ap.add_argument("--predictor", default="{}", help="PredictorConfig overrides (JSON)")
     ap.add_argument("--planner", default="{}", help="PlannerConfig overrides (JSON)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "eval_guidance.json")
@@ -209,6 +281,19 @@ def main() -> None:
         if args.all
         else [(args.map, args.crews, args.behaviour)]
     )
+    if args.lost:
+        out = args.out if args.out.name != "eval_guidance.json" else args.out.with_name("sim_lost_runs.json")
+        lost_doc = json.loads(out.read_text()) if out.exists() else {}
+        for m in ("harrisburg", "monaco") if args.all_maps else (args.map,):
+            sc = scenario_for(m, args.crews, args.behaviour, variant=args.variant)
+            ctx = CityContext(build_city(sc))
+            row = lost_runs(ctx, sc, args.runs)
+            key = f"{m}/{args.crews}/{args.behaviour}" + (f"/{args.variant}" if args.variant else "")
+            lost_doc[key] = row
+            print(key, json.dumps(row, indent=1), flush=True)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(lost_doc, indent=1) + "\n", encoding="utf-8")
+        return
     doc: dict[str, Any] = {}
     ctxs: dict[str, CityContext] = {}
     for m, c, b in configs:

@@ -36,6 +36,8 @@ class RunRecord:
     crew_minutes: float
     sightings: int
     wall_s: float
+    #: CPU time of the run in its worker (``time.thread_time``): what it costs on a quiet core.
+    cpu_s: float = 0.0
 
 
 def wilson_interval(successes: int, n: int, *, z: float = 1.959964) -> tuple[float, float]:
@@ -51,7 +53,7 @@ def wilson_interval(successes: int, n: int, *, z: float = 1.959964) -> tuple[flo
 
 def run_one(ctx: CityContext, scenario: Scenario, policy: str, seed: int) -> RunRecord:
     """One run, reduced to a :class:`RunRecord`."""
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.thread_time()
     result = run_scenario(ctx, scenario.with_run(seed=seed, policy=policy))
     o = result.outcome
     return RunRecord(
@@ -65,6 +67,7 @@ def run_one(ctx: CityContext, scenario: Scenario, policy: str, seed: int) -> Run
         crew_minutes=result.crew_minutes,
         sightings=len(result.recording.sightings),
         wall_s=time.perf_counter() - start,
+        cpu_s=time.thread_time() - cpu_start,
     )
 
 

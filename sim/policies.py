@@ -3,7 +3,8 @@
 * ``guidance`` — Cordon itself: :class:`guidance.coordinator.Coordinator`, the very facade the
   server drives. It gets the incident, every delivered sighting (``source_kind=simulation``,
   ``observed_at`` the true pass time) and the crews' positions, all stamped with simulated
-  time; the crews follow its suggestions.
+  time; the crews follow its suggestions. It re-plans on events (a report, bursts of
+  reports coalesced) and at least every ``update_interval_s`` (:class:`GuidancePolicy`).
 * ``chase`` — every crew drives to the last sighting, then follows the suspect when in view.
 * ``nearest`` — the crew nearest the last sighting goes there (and follows when in view);
   the rest stay.
@@ -140,17 +141,41 @@ class NearestPolicy:
 
 
 class GuidancePolicy:
-    """Cordon's tracker and planner, through :class:`guidance.coordinator.Coordinator`."""
+    """Cordon's tracker and planner, through :class:`guidance.coordinator.Coordinator`.
+
+    Every delivered report is ingested at once. With the ``events`` cadence (the default) the
+    policy re-plans at the start, at a report when its last re-plan is at least
+    ``replan_gap_s`` old (reports delivered sooner wait for one re-plan ``replan_gap_s`` after
+    the last: a burst gives one plan), and ``update_interval_s`` after its last re-plan when
+    nothing else came. With ``fixed`` it re-plans at every report and every world tick."""
 
     name = "guidance"
 
-    def __init__(self, coordinator: Any, *, replan_on_delivery: bool = True) -> None:
+    def __init__(
+        self,
+        coordinator: Any,
+        *,
+        replan_on_delivery: bool = True,
+        cadence: str = "events",
+        replan_gap_s: float | None = None,
+    ) -> None:
+        if cadence not in CADENCES:
+            raise ValueError(f"unknown cadence {cadence!r}; expected one of {', '.join(CADENCES)}")
         self.coordinator = coordinator
         self.replan_on_delivery = replan_on_delivery
+        self.cadence = cadence
+        self.replan_gap_s = SIM_REPLAN_GAP_S if replan_gap_s is None else float(replan_gap_s)
+        if not self.replan_gap_s >= 0:
+            raise ValueError(f"replan_gap_s must be >= 0, got {replan_gap_s}")
         self.incident_id = "sim"
         self.plans = 0
         self.declines = 0
+        #: Times the Coordinator was asked to plan (set_crews / replan), whatever it answered.
+        self.replans = 0
         self.last_plan: Any = None
+        self.last_replan_t: float | None = None
+        self._coalesced_t: float | None = None  # a deferred re-plan for reports of a burst
+        self._refresh_s = 10.0
 
     def _crews(self, world: World, t: float) -> list[Any]:
         """The crews as the Coordinator sees them: ``assigned`` while a crew heads for (or
@@ -207,6 +232,10 @@ class GuidancePolicy:
 
     def _replan(self, world: World, t: float) -> None:
         """Give the crews' positions at ``t`` (which re-plans) and follow the plan."""
+        self.replans += 1
+        self.last_replan_t = t
+        if self.cadence == "events":
+            world.wake_policy_at(t + self._refresh_s)
         plans = self.coordinator.set_crews(self._crews(world, t), world.at(t))
         plan = plans.get(self.incident_id)
         if plan is None:
@@ -219,6 +248,7 @@ class GuidancePolicy:
         from map_data.types import LonLat
 
         self.incident_id = f"sim-{world.scenario.seed}"
+        self._refresh_s = float(world.scenario.crew_model.update_interval_s)
         lon, lat = world.graph.node_lonlat[world.origin]
         self.coordinator.open_incident(
             self.incident_id, at=world.at(t), origin_lonlat=LonLat(float(lon), float(lat))
@@ -243,13 +273,35 @@ class GuidancePolicy:
             ),
             replan=not self.replan_on_delivery,
         )
-        if self.replan_on_delivery:
+        if not self.replan_on_delivery:
+            self._apply(world, outcome.plan)
+        elif self.cadence == "fixed" or self.last_replan_t is None:
+            self._replan(world, t)
+        elif self._coalesced_t is not None:
+            return  # a re-plan is already due for this burst of reports
+        elif t - self.last_replan_t >= self.replan_gap_s:
             self._replan(world, t)
         else:
-            self._apply(world, outcome.plan)
+            self._coalesced_t = self.last_replan_t + self.replan_gap_s
+            world.wake_policy_at(self._coalesced_t)
 
     def on_tick(self, world: World, t: float) -> None:
-        self._replan(world, t)
+        """A world tick, or a wake-up this policy asked for: with the ``events`` cadence,
+        re-plan when reports wait for their coalesced re-plan, or when ``update_interval_s``
+        passed since the last re-plan; with ``fixed``, re-plan at every tick."""
+        if self.cadence == "fixed":
+            self._replan(world, t)
+            return
+        due = self._coalesced_t
+        if due is not None and t >= due - 1e-9:
+            self._coalesced_t = None
+            self._replan(world, t)
+        elif (
+            due is None
+            and self.last_replan_t is not None
+            and t - self.last_replan_t >= self._refresh_s - 1e-9
+        ):
+            self._replan(world, t)
 
     def on_crew_arrival(self, world: World, crew: CrewAgent, t: float) -> None:
         return None
@@ -257,6 +309,14 @@ class GuidancePolicy:
     def finish(self, world: World) -> None:
         self.coordinator.close_incident(self.incident_id)
 
+
+#: How the guidance policy consults the Coordinator: ``events`` (at a delivered report, at
+#: most one re-plan per :data:`SIM_REPLAN_GAP_S` with the reports of a burst coalesced, and
+#: ``update_interval_s`` after the last re-plan when nothing else came) or ``fixed`` (every
+#: delivered report and every world tick; the cadence before 2026-11-26).
+CADENCES: tuple[str, ...] = ("events", "fixed")
+#: Reports delivered less than this long after a re-plan wait for one re-plan at the end of it (s).
+SIM_REPLAN_GAP_S = 2.0
 
 #: The simulator's Coordinator re-uses an incident's last prediction for this long when no
 #: sighting arrived since (see ``Coordinator(reuse_prediction_s=...)`` and docs/simulator.md).
@@ -285,7 +345,11 @@ POLICY_FACTORIES: dict[str, Callable[[CityContext], Any]] = {
     "static": lambda ctx: StaticPolicy(),
     "chase": lambda ctx: ChasePolicy(),
     "nearest": lambda ctx: NearestPolicy(),
-    "guidance": lambda ctx: GuidancePolicy(coordinator_for(ctx)),
+    "guidance": lambda ctx: GuidancePolicy(
+        coordinator_for(ctx),
+        cadence=ctx.extras.get("cadence", "events"),
+        replan_gap_s=ctx.extras.get("replan_gap_s"),
+    ),
 }
 
 

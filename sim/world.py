@@ -279,7 +279,7 @@ def contact_time(s0: float, s1: float, c0: float, c1: float, length_m: float) ->
 
 
 # ------------------------------------------------------------------------------------ world
-_SUSPECT_ARRIVE, _SUSPECT_GO, _CREW_ARRIVE, _CREW_WAKE, _DELIVER, _TICK = range(6)
+_SUSPECT_ARRIVE, _SUSPECT_GO, _CREW_ARRIVE, _CREW_WAKE, _DELIVER, _TICK, _WAKE = range(7)
 
 
 class World:
@@ -372,6 +372,13 @@ class World:
 
     def schedule_event_relative(self, delay_s: float, kind: int, payload: Any = None) -> None:
         self.schedule_event(self.now + max(0.0, delay_s), kind, payload)
+
+    def wake_policy_at(self, t: float) -> None:
+        """Consult the policy (:meth:`Policy.on_tick`) at simulated time ``t`` too, besides the
+        regular ``update_interval_s`` ticks: a policy's own timer (events at the same time run
+        in the order they were scheduled). It goes through ``on_tick`` so that whatever wraps
+        the policy (the server's paced trainer runs) sees it like any tick."""
+        self.schedule_event(max(t, self.now), _WAKE)
 
     def at(self, t: float) -> datetime:
         """The aware datetime of simulated time ``t``."""
@@ -597,6 +604,7 @@ class World:
             _CREW_WAKE: lambda crew: self._crew_go_or_wait(crew) if crew.move is None else None,
             _DELIVER: self._deliver,
             _TICK: self._tick,
+            _WAKE: lambda _: self.policy.on_tick(self, self.now),
         }
         try:
             while self._heap and self.outcome is None:
