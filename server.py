@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import importlib
 import json
@@ -93,6 +94,11 @@ def cameras_version(city: City) -> str:
         for span in view.spans if view is not None else ():
             h.update(f" {span.edge}:{span.start_m:.2f}:{span.end_m:.2f}\n".encode())
     return h.hexdigest()[:16]
+
+
+def _given(city: City) -> City:
+    """A city given to :func:`create_app`, for a core process (it pickles the city)."""
+    return city
 
 
 def load_city_for(config: ServerConfig) -> City:
@@ -266,7 +272,9 @@ def _validation_detail(exc: RequestValidationError) -> list[dict[str, Any]]:
     return out
 
 
-def _principal_dep(request: Request) -> Principal:
+async def _principal_dep(request: Request) -> Principal:
+    # async (a token check is microseconds of CPU): a sync dependency would cost a thread-pool
+    # hop on every request, a third of the event loop's time under 50 sightings/s
     principals: Principals = request.app.state.principals
     try:
         token = token_from_request(request.headers.get("authorization"), None)
@@ -277,7 +285,7 @@ def _principal_dep(request: Request) -> Principal:
         ) from exc
 
 
-def _trainer_dep(request: Request) -> Principal:
+async def _trainer_dep(request: Request) -> Principal:
     """A trainer's simulation-tenant token, allowed ``sim_control`` (403 otherwise)."""
     principals: Principals = request.app.state.principals
     try:
@@ -292,7 +300,7 @@ def _trainer_dep(request: Request) -> Principal:
     return principal
 
 
-def _service_dep(request: Request) -> DispatchService:
+async def _service_dep(request: Request) -> DispatchService:
     service: DispatchService = request.app.state.service
     return service
 
@@ -320,8 +328,23 @@ def create_app(
         the_city: City = city if city is not None else await asyncio.to_thread(load_city_for, config)
         the_audit: AuditSink = audit if audit is not None else await asyncio.to_thread(open_audit, config)
         recorder = _DeferredAppender()
-        coordinator: CoordinatorLike = (coordinator_factory or _default_coordinator)(the_city)
-        if config.record_core and hasattr(coordinator, "horizon_s"):
+        coordinator: CoordinatorLike
+        if config.core_process:
+            from serving.core_process import CoreProcess
+
+            # the core on its own CPU: the Coordinator (and its audit recorder) in a child
+            # process, which loads the same city; records come back to the service's queue
+            coordinator = await asyncio.to_thread(
+                CoreProcess,
+                functools.partial(load_city_for, config) if city is None else functools.partial(_given, city),
+                coordinator_factory or _default_coordinator,
+                audit=recorder,
+                clock=the_clock.now,
+                record=config.record_core,
+            )
+        else:
+            coordinator = (coordinator_factory or _default_coordinator)(the_city)
+        if config.record_core and not config.core_process and hasattr(coordinator, "horizon_s"):
             from serving.audit_replay import RecordingCoordinator
 
             # every core call and new plan goes to the audit log, so ``cordon audit replay``
@@ -352,6 +375,7 @@ def create_app(
             coalesce=config.coalesce,
             crew_speed_factor=config.crew_speed_factor,
             replan_s=config.replan_s,
+            prediction_interval_s=config.prediction_interval_s,
         )
         recorder.target = service
         retention = None
@@ -383,6 +407,7 @@ def create_app(
             background.append(asyncio.create_task(purge, name="cordon-retention"))
         if config.replan_s > 0 and the_clock.name == "wall" and not config.redis_url:
             # one worker only: with several, each would re-plan (a Redis lease would fix that)
+            service.positions_on_tick = True  # crews' moves reach the core at each tick
             ticks = _replan_periodically(service, config.replan_s)
             background.append(asyncio.create_task(ticks, name="cordon-replan"))
         if config.heartbeat_s > 0:
@@ -406,6 +431,9 @@ def create_app(
             await asyncio.to_thread(app.state.simulations.stop_all)
             await hub.close_all()
             service.shutdown()
+            close_core = getattr(coordinator, "close", None)
+            if config.core_process and close_core is not None:
+                await asyncio.to_thread(close_core)
             await bus.close()
             await state.close()
             close = getattr(service.audit, "close", None)
@@ -486,7 +514,7 @@ def create_app(
     @api.get("/health", response_model=m.Health)
     async def health(request: Request) -> m.Health:
         service: DispatchService = request.app.state.service
-        ok = await service.state.ping()
+        ok = await service.state.ping() and bool(getattr(service.coordinator, "alive", True))
         return m.Health(
             status="ok" if ok else "degraded",
             bus=service.bus.name,

@@ -72,7 +72,7 @@ class StubCoordinator:
     def close_incident(self, incident_id: str) -> None:
         self.versions.pop(incident_id, None)
 
-    def set_crews(self, crews: Any, at: datetime) -> dict[str, Any]:
+    def set_crews(self, crews: Any, at: datetime, *, replan: bool = True) -> dict[str, Any]:
         graph = self.city.graph
         self.crew_ids = [c.crew_id for c in crews]
         self.crew_lonlat = np.array(
@@ -144,9 +144,12 @@ def mint(role: Role, *, crew_id: str | None = None) -> str:
 
 
 class ServerProcess:
-    def __init__(self, map_path: Path, work: Path, *, coordinator: str | None = None) -> None:
+    def __init__(
+        self, map_path: Path, work: Path, *, coordinator: str | None = None, core_process: bool = False
+    ) -> None:
         self.port = free_port()
         env = dict(os.environ, CORDON_TOKEN_SECRET=SECRET.decode(), PYTHONUNBUFFERED="1")
+        env["CORDON_CORE_PROCESS"] = "1" if core_process else "0"
         self.log = (work / "server.log").open("wb")
         self.proc = subprocess.Popen(
             [
@@ -180,9 +183,48 @@ class ServerProcess:
         self.base = f"http://127.0.0.1:{self.port}"
 
     def cpu_s(self) -> float:
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        """CPU seconds of the server and of its children (the core process, when there is one)."""
         ticks = os.sysconf("SC_CLK_TCK")
-        return (int(fields[11]) + int(fields[12])) / ticks
+        total = 0.0
+        for pid in (self.proc.pid, *self.children()):
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            total += (int(fields[11]) + int(fields[12])) / ticks
+        return total
+
+    def children(self) -> list[int]:
+        """The server's child processes (made by any of its threads)."""
+        out: list[int] = []
+        for task in Path(f"/proc/{self.proc.pid}/task").iterdir():
+            try:
+                out.extend(int(p) for p in (task / "children").read_text().split())
+            except OSError:
+                continue
+        return out
+
+    def thread_cpu_s(self) -> dict[str, float]:
+        """CPU seconds: ``main`` the event loop's thread, ``threads`` the server's other threads
+        (the core thread, the audit writer...), ``children`` its child processes (the core
+        process, when there is one)."""
+        ticks = os.sysconf("SC_CLK_TCK")
+        out: dict[str, float] = {}
+        for pid in self.children():
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            out["children"] = out.get("children", 0.0) + (int(fields[11]) + int(fields[12])) / ticks
+        for task in Path(f"/proc/{self.proc.pid}/task").iterdir():
+            try:
+                stat = (task / "stat").read_text()
+            except OSError:
+                continue
+            fields = stat.rsplit(")", 1)[1].split()
+            name = "main" if task.name == str(self.proc.pid) else "threads"
+            out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / ticks
+        return out
 
     def rss_mb(self) -> tuple[float, float]:
         status = Path(f"/proc/{self.proc.pid}/status").read_text()
@@ -283,7 +325,12 @@ async def main_async(args: argparse.Namespace, *, stub: bool) -> dict[str, Any]:
     if not map_path.exists():
         raise SystemExit(f"map not found: {map_path} (set CORDON_SHARED_MAPS)")
     work = Path(tempfile.mkdtemp(prefix="cordon-bench-"))
-    server = ServerProcess(map_path, work, coordinator="bench.server_load:StubCoordinator" if stub else None)
+    server = ServerProcess(
+        map_path,
+        work,
+        coordinator="bench.server_load:StubCoordinator" if stub else None,
+        core_process=args.core_process,
+    )
     city = await asyncio.to_thread(load_city, map_path, cache_dir=ROOT / ".cordon-cache" / "bench" / "cache")
     rng = np.random.default_rng(args.seed)
     op = CordonClient(server.base, mint(Role.supervisor), timeout_s=60)
@@ -347,7 +394,9 @@ async def main_async(args: argparse.Namespace, *, stub: bool) -> dict[str, Any]:
         load_incidents = {f"bench-{j:02d}": cams[j] for j in range(args.incidents)}
         for inc in load_incidents:
             await op.open_incident(inc)
-        cpu0, wall0 = server.cpu_s(), time.perf_counter()
+        cpu0, wall0, threads0 = server.cpu_s(), time.perf_counter(), server.thread_cpu_s()
+        processed0 = _metric((await op.http.get("/metrics")).text, "cordon_sightings_processed_total")
+        spy = _start_py_spy(server.proc.pid, args.duration_s)
         load = Phase("load", rate=args.rate, duration_s=args.duration_s)
         await run_phase(load, op, load_incidents, stats)
         sent_s = time.perf_counter() - wall0
@@ -356,22 +405,32 @@ async def main_async(args: argparse.Namespace, *, stub: bool) -> dict[str, Any]:
         processed = 0.0
         async with httpx.AsyncClient(base_url=server.base) as raw:
             while time.perf_counter() < drain_deadline:
-                text = (await raw.get("/metrics")).text
+                text = await _metrics_text(raw)
                 processed = _metric(text, "cordon_sightings_processed_total")
                 if processed >= stats["posted"] - load.post_errors - baseline.post_errors:
                     break
                 await asyncio.sleep(0.5)
             await asyncio.sleep(2.0)
-            cpu1, wall1 = server.cpu_s(), time.perf_counter()
-            text = (await raw.get("/metrics")).text
+            cpu1, wall1, threads1 = server.cpu_s(), time.perf_counter(), server.thread_cpu_s()
+            text = await _metrics_text(raw)
         stop.set()
         await mover
+        if spy is not None:
+            spy.wait()
         published = _metric(text, "cordon_crew_messages_total")
         core = _histogram_mean(text, "cordon_core_call_seconds", 'call="ingest"')
+        # what was published before the metrics were read may still be on its way
+        deliver_deadline = time.perf_counter() + 5.0
+        while sum(len(v) for v in received.values()) < published and time.perf_counter() < deliver_deadline:
+            await asyncio.sleep(0.1)
         delivered = sum(len(v) for v in received.values())
+        # a crew stream's seq counts from 1 without gaps: a missing seq below the highest
+        # received is a lost message, and so is a shortfall against the published count
+        gaps = sum(max(v) - len(v) for v in received.values() if v)
         server_p50 = _histogram_quantile(text, "cordon_sighting_to_crew_seconds", 0.5)
         server_p99 = _histogram_quantile(text, "cordon_sighting_to_crew_seconds", 0.99)
         rss, hwm = server.rss_mb()
+        n_load = max(processed - processed0, 1.0)
         for phase in [*phases, load]:
             phase_first[phase.name] = first
             for key, t_post in phase.posted.items():
@@ -398,9 +457,16 @@ async def main_async(args: argparse.Namespace, *, stub: bool) -> dict[str, Any]:
             "core_ingest_ms_mean": round(core * 1000, 1),
             "server_side_latency_ms_p50_le": _finite(server_p50 * 1000),
             "server_side_latency_ms_p99_le": _finite(server_p99 * 1000),
-            "lost": int(published - delivered),
+            "lost": int(gaps + max(0.0, published - delivered)),
             "crew_messages_published": int(published),
             "server_cpu_percent": round(100 * (cpu1 - cpu0) / (wall1 - wall0), 1),
+            # CPU per sighting processed in the load phase: comparable on a busy machine
+            "server_cpu_ms_per_sighting": round(1000 * (cpu1 - cpu0) / n_load, 1),
+            "thread_cpu_ms_per_sighting": {
+                name: round(1000 * (threads1[name] - threads0.get(name, 0.0)) / n_load, 1)
+                for name in sorted(threads1)
+                if threads1[name] - threads0.get(name, 0.0) > 0.05
+            },
             "rss_mb": round(hwm, 1),
             "rss_mb_end": round(rss, 1),
             "connect_s": round(connect_s, 2),
@@ -409,11 +475,35 @@ async def main_async(args: argparse.Namespace, *, stub: bool) -> dict[str, Any]:
             "tablet_reconnects": sum(t.connects - 1 for t in tablets),
             "latency_ms_p99_by_5s": _windows(load),
             "quick": args.quick,
+            "core_process": args.core_process,
         }
         return result
     finally:
         await op.aclose()
         server.stop()
+
+
+def _start_py_spy(pid: int, duration_s: float) -> subprocess.Popen[bytes] | None:
+    """With ``CORDON_BENCH_PYSPY=out.txt`` (and py-spy on the PATH), sample the server during the
+    load phase (all threads, collapsed stacks for a flame graph)."""
+    out = os.environ.get("CORDON_BENCH_PYSPY")
+    if not out:
+        return None
+    skip_s = min(5.0, duration_s / 4)  # past the first plans of the freshly opened incidents
+    cmd = (
+        f"sleep {skip_s}; exec py-spy record -p {pid} -d {int(duration_s - skip_s)} -r 250 --threads"
+        f" --subprocesses --nonblocking -f raw -o {out}"
+    )
+    return subprocess.Popen(["sh", "-c", cmd], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+async def _metrics_text(client: httpx.AsyncClient) -> str:
+    """``GET /metrics``, retried once on a dropped keep-alive connection (the server closes idle
+    ones after 5 s; a request can cross the close)."""
+    try:
+        return (await client.get("/metrics")).text
+    except httpx.TransportError:
+        return (await client.get("/metrics")).text
 
 
 def _finite(x: float) -> float | None:
@@ -449,8 +539,8 @@ def _histogram_quantile(text: str, name: str, q: float) -> float:
     buckets: list[tuple[float, float]] = []
     for line in text.splitlines():
         if line.startswith(name + "_bucket"):
-            le = line.split('le="', 1)[1].split('"', 1)[0]
-            buckets.append((float("inf") if le == "+Inf" else float(le), float(line.rsplit(" ", 1)[1])))
+            bound = line.split('le="', 1)[1].split('"', 1)[0]
+            buckets.append((float("inf") if bound == "+Inf" else float(bound), float(line.rsplit(" ", 1)[1])))
     if not buckets or buckets[-1][1] == 0:
         return float("nan")
     total = buckets[-1][1]
@@ -480,6 +570,13 @@ def main() -> None:
     parser.add_argument("--duration-s", type=float, default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--stub-only", action="store_true", help="only the serving stack (stub core)")
+    parser.add_argument("--real-only", action="store_true", help="only the real core (no stub run)")
+    parser.add_argument(
+        "--core-process",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the server's core in its own process (CORDON_CORE_PROCESS; default on)",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "server_load.json")
     args = parser.parse_args()
     if args.duration_s is None:
@@ -498,25 +595,33 @@ def main() -> None:
         "server_side_latency_ms_p99_le",
         "lost",
         "server_cpu_percent",
+        "server_cpu_ms_per_sighting",
+        "thread_cpu_ms_per_sighting",
         "rss_mb",
     )
     try:  # the client side drives 320 sockets: uvloop (installed with uvicorn[standard]) keeps it light
         import uvloop
 
-        run = uvloop.run
+        run: Any = uvloop.run
     except ImportError:
         run = asyncio.run
-    serving = run(main_async(args, stub=True))
+    serving = run(main_async(args, stub=True)) if not args.real_only else None
     real = run(main_async(args, stub=False)) if not args.stub_only else None
-    result = dict(real or serving)
+    result = dict(real or serving or {})
     result["core"] = "guidance.coordinator.Coordinator" if real else "stub"
-    result["serving_only"] = {k: serving[k] for k in keys} | {"core": "stub (3 nearest crews, ~0 ms)"}
+    if serving is not None:
+        result["serving_only"] = {k: serving[k] for k in keys} | {"core": "stub (3 nearest crews, ~0 ms)"}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"{'metric':<28}  {'real core':>14}  {'stub core':>14}")
-    for key in (*keys, "tablets", "consoles", "incidents", "sightings_posted", "crew_messages_published"):
+    shown = [k for k in keys if k != "thread_cpu_ms_per_sighting"]
+    for key in (*shown, "tablets", "consoles", "incidents", "sightings_posted", "crew_messages_published"):
         r = "" if real is None else real.get(key)
-        print(f"{key:<28}  {r!s:>14}  {serving.get(key)!s:>14}")
+        st = "" if serving is None else serving.get(key)
+        print(f"{key:<28}  {r!s:>14}  {st!s:>14}")
+    for name, res in (("real", real), ("stub", serving)):
+        if res:
+            print(f"{name} core: thread CPU ms per sighting {res['thread_cpu_ms_per_sighting']}")
     for name, res in (("stub", serving), ("real", real)):
         if res and res["baseline_latency_ms_p50"]:
             ratio = res["latency_ms_p50"] / res["baseline_latency_ms_p50"]

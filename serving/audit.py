@@ -31,7 +31,7 @@ import math
 import re
 import sqlite3
 import threading
-from collections.abc import Callable, Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -472,6 +472,25 @@ class _SqlAuditLog:
         payload_json = self._checked(actor, role, action, at, incident_id, commune, payload, reason)
         with self._write() as cur:
             return self._append_in(cur, actor, role, action, at, incident_id, commune, payload_json, reason)
+
+    def append_many(
+        self,
+        records: Sequence[
+            tuple[str, str, str, datetime, str | None, str | None, Mapping[str, Any] | None, str | None]
+        ],
+    ) -> list[AuditRecord]:
+        """Append ``(actor, role, action, at, incident_id, commune, payload, reason)`` records in
+        order, in one transaction (one fsync instead of one per record). Every record is checked
+        before any is written: one invalid record raises :class:`AuditError` and writes none."""
+        checked = []
+        for actor, role, action, at, incident_id, commune, payload, reason in records:
+            text = reason or ""
+            payload_json = self._checked(actor, role, action, at, incident_id, commune, payload, text)
+            checked.append((actor, role, action, at, incident_id, commune, payload_json, text))
+        if not checked:
+            return []
+        with self._write() as cur:
+            return [self._append_in(cur, *record) for record in checked]
 
     def _checked(
         self,

@@ -268,8 +268,8 @@ class RecordingCoordinator:
         self._plan(outcome.plan)
         return outcome
 
-    def set_crews(self, crews: Sequence[Crew], at: datetime) -> dict[str, Plan]:
-        plans = self.inner.set_crews(crews, at)
+    def set_crews(self, crews: Sequence[Crew], at: datetime, *, replan: bool = True) -> dict[str, Plan]:
+        plans = self.inner.set_crews(crews, at, replan=replan)
         if {c.crew_id: c for c in crews} != {c.crew_id: c for c in self._crews}:
             self._crews = list(crews)  # the coordinator keeps its old order for an equal set
         # the coordinator re-plans incidents in id order, each seeing the plans made before it

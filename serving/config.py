@@ -67,6 +67,12 @@ class ServerConfig:
     # Re-plan open incidents every replan_s of server time: on the simulation clock at each
     # POST /api/sim/time that advances it that far; on the wall clock when crews have moved.
     replan_s: float = 10.0
+    # The prediction GeoJSON (tens of kB, for the consoles' maps) of an incident goes out at most
+    # this often (wall seconds), the latest one at the end of the interval; suggestions never wait.
+    prediction_interval_s: float = 2.0
+    # The core (Coordinator) in a child process of its own (serving.core_process), so the event
+    # loop and the core use two CPUs instead of sharing one interpreter lock.
+    core_process: bool = False
 
     @property
     def tenant(self) -> Literal["live", "simulation"]:
@@ -109,9 +115,12 @@ class ServerConfig:
             ("CORDON_RETENTION_INTERVAL_S", "retention_interval_s"),
             ("CORDON_CREW_SPEED_FACTOR", "crew_speed_factor"),
             ("CORDON_REPLAN_S", "replan_s"),
+            ("CORDON_PREDICTION_INTERVAL_S", "prediction_interval_s"),
         ):
             if env.get(name):
                 values[key] = float(env[name])
+        if env.get("CORDON_CORE_PROCESS"):
+            values["core_process"] = env["CORDON_CORE_PROCESS"] not in ("0", "false", "no")
         if env.get("CORDON_COALESCE"):
             values["coalesce"] = env["CORDON_COALESCE"] not in ("0", "false", "no")
         if env.get("CORDON_SIM_SCENARIOS"):

@@ -26,6 +26,27 @@ log = logging.getLogger("cordon.hub")
 CLOSE_TOO_SLOW = 4008
 
 
+class Encoded(str):
+    """A message value already serialized as JSON (a prediction's GeoJSON, tens of kB, sent to
+    consoles and tablets alike): :func:`encode` splices it in as it is. In-process only: a bus
+    that serializes events would turn it into a JSON string."""
+
+
+def encode(message: Json) -> str:
+    """``json.dumps(message)``, with :class:`Encoded` values spliced in unchanged."""
+    raw = {k: v for k, v in message.items() if isinstance(v, Encoded)}
+    if not raw:
+        return json.dumps(message)
+    head = json.dumps({k: v for k, v in message.items() if not isinstance(v, Encoded)})
+    tail = ", ".join(f"{json.dumps(k)}: {v}" for k, v in raw.items())
+    return head[:-1] + (", " if len(head) > 2 else "") + tail + "}"
+
+
+def _decoded(message: Json) -> Json:
+    """``message`` with :class:`Encoded` values parsed back (the tests' record of what was sent)."""
+    return {k: json.loads(v) if isinstance(v, Encoded) else v for k, v in message.items()}
+
+
 class ConnectionState(enum.Enum):
     open = "open"
     closing = "closing"
@@ -137,9 +158,9 @@ class Hub:
                 conn.last_crew_seq = seq
         message.setdefault("sent_at", self._now())
         if self.sent_log is not None:
-            self.sent_log.append(dict(message, _role=conn.role))
+            self.sent_log.append(dict(_decoded(message), _role=conn.role))
         try:
-            conn.queue.put_nowait(json.dumps(message))
+            conn.queue.put_nowait(encode(message))
         except asyncio.QueueFull:
             self._cut(conn)
 
@@ -151,9 +172,9 @@ class Hub:
         message = dict(message)
         message.setdefault("sent_at", self._now())
         if self.sent_log is not None:
-            self.sent_log.append(dict(message, _role=conn.role))
+            self.sent_log.append(dict(_decoded(message), _role=conn.role))
         try:
-            conn.queue.put_nowait(json.dumps(message))
+            conn.queue.put_nowait(encode(message))
         except asyncio.QueueFull:
             self._cut(conn)
 
@@ -196,11 +217,11 @@ class Hub:
         body = dict(message)
         body.pop("seq", None)
         body.setdefault("sent_at", self._now())
-        text = json.dumps(body)
+        text = encode(body)
         for conn in targets:
             conn.seq += 1
             if self.sent_log is not None:
-                self.sent_log.append(dict(body, seq=conn.seq, _role=conn.role))
+                self.sent_log.append(dict(_decoded(body), seq=conn.seq, _role=conn.role))
             try:
                 conn.queue.put_nowait(
                     f'{{"seq": {conn.seq}, {text[1:]}' if len(text) > 2 else f'{{"seq": {conn.seq}}}'
@@ -212,9 +233,29 @@ class Hub:
     def to_crew_direct(self, crew_id: str, message: Json) -> int:
         """Deliver a message outside the crew stream (no ``seq``: a pushed track or prediction)
         to every ready tablet of ``crew_id`` on this worker."""
-        conns = [c for c in self.crews.get(crew_id, ()) if c.ready]
+        return self.to_crews_direct([crew_id], message)
+
+    def to_crews_direct(self, crew_ids: list[str], message: Json) -> int:
+        """:meth:`to_crew_direct` to several crews: the body is serialized once (a prediction's
+        GeoJSON is tens of kilobytes) and the same text queued on every ready tablet."""
+        conns = [
+            c
+            for crew_id in crew_ids
+            for c in self.crews.get(crew_id, ())
+            if c.ready and c.state is ConnectionState.open
+        ]
+        if not conns:
+            return 0
+        body = dict(message)
+        body.setdefault("sent_at", self._now())
+        text = encode(body)
         for conn in conns:
-            self.enqueue_direct(conn, message)
+            if self.sent_log is not None:
+                self.sent_log.append(dict(_decoded(body), _role=conn.role))
+            try:
+                conn.queue.put_nowait(text)
+            except asyncio.QueueFull:
+                self._cut(conn)
         return len(conns)
 
     def heartbeat(self) -> int:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
+import json
 import logging
 import math
 import threading
@@ -37,7 +38,8 @@ from serving import messages as m
 from serving.audit import AuditSink
 from serving.bus import Bus, InProcessBus
 from serving.clock import Clock
-from serving.hub import Hub
+from serving.core_process import PredictionRef
+from serving.hub import Encoded, Hub
 from serving.metrics import Metrics
 from serving.state import Json, StateStore
 from tracking.errors import NoBeliefError
@@ -123,7 +125,7 @@ class CoordinatorLike(Protocol):
     ) -> Any: ...
     def share_incident(self, incident_id: str, communes: Iterable[str]) -> Any: ...
     def ingest(self, sighting: Sighting) -> Any: ...
-    def set_crews(self, crews: Sequence[Any], at: datetime) -> Any: ...
+    def set_crews(self, crews: Sequence[Any], at: datetime, *, replan: bool = ...) -> Any: ...
     def replan(self, incident_id: str, at: datetime) -> Any: ...
     def close_incident(self, incident_id: str) -> Any: ...
 
@@ -240,6 +242,8 @@ class DispatchService:
         coalesce: bool = True,
         crew_speed_factor: float = 1.2,
         replan_s: float = 10.0,
+        prediction_interval_s: float = 2.0,
+        max_report_delay_s: float = 120.0,
     ) -> None:
         self.city = city
         self.coordinator = coordinator
@@ -256,7 +260,7 @@ class DispatchService:
         self._prediction_geojson = prediction_geojson or _default_prediction_geojson(city)
         self._applied: dict[str, int] = {}
         self._seen: dict[str, set[str]] = {}
-        self._crew_status_key: tuple[int, frozenset[str]] | None = None
+        self._crew_status_key: int | None = None
         self._crew_version = -1
         self._crews_pushed_at: datetime | None = None
         self.crew_refresh_s = crew_refresh_s
@@ -264,12 +268,27 @@ class DispatchService:
             raise ValueError(f"crew_speed_factor must be > 0, got {crew_speed_factor}")
         self.crew_speed_factor = crew_speed_factor
         self.replan_s = replan_s
+        # A sighting reported at most this long after it was seen is planned for the moment
+        # it arrived (the crews act from now); an older one (a historical or replayed event)
+        # at its own time.
+        self.max_report_delay_s = max_report_delay_s
+        # The prediction GeoJSON (tens of kB; for the consoles' maps) goes out at most every
+        # prediction_interval_s of wall time per incident, the latest one after the interval.
+        self.prediction_interval_s = prediction_interval_s
+        self._prediction_sent: dict[str, float] = {}  # incident -> monotonic time of the last one
+        self._prediction_pending: dict[str, Any] = {}  # incident -> latest prediction not sent yet
+        self._prediction_flush: dict[str, asyncio.Task[None]] = {}
+        # When a periodic tick runs (server.py, wall clock, one worker), it brings the crews'
+        # positions to the core; the sighting path then pushes status changes only.
+        self.positions_on_tick = False
+        self._declines: dict[str, set[tuple[str, int]]] = {}  # declines given to this worker's core
         self._ticked_at: datetime | None = None  # last periodic re-plan (simulated or wall time)
         self._ticked_crew_version = -1
         self.periodic_replans = 0  # core re-plans made because time advanced
         self.periodic_plans = 0  # of those, the plans published
         self.coalesce = coalesce
-        self._can_defer = _accepts_replan(coordinator)
+        self._can_defer = _accepts_keyword(coordinator, "replan")
+        self._can_plan_at = _accepts_keyword(coordinator, "plan_at")
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cordon-core")
         self.processed = 0
         self._audit_pending: deque[tuple[Any, ...]] = deque()
@@ -358,29 +377,41 @@ class DispatchService:
         self._audit(actor, "login", payload={"via": via, "jti": jti, "crew_id": actor.crew_id})
 
     def _audit_writer(self) -> None:
+        many = getattr(self.audit, "append_many", None)
         while True:
             stopping = self._audit_stop.wait(0.05)
             while self._audit_pending:
-                subject, role, action, at, incident_id, commune, payload, reason = (
-                    self._audit_pending.popleft()
-                )
-                try:
-                    self.audit.append(
-                        subject,
-                        role,
-                        action,
-                        at=at,
-                        incident_id=incident_id,
-                        commune=commune,
-                        payload=payload,
-                        reason=reason,
-                    )
-                except Exception:
-                    log.exception("audit append failed for %s %s", action, incident_id)
-                    self.metrics.audit_failures.inc()
+                batch: list[tuple[Any, ...]] = []
+                while self._audit_pending and len(batch) < 500:
+                    batch.append(self._audit_pending.popleft())
+                if many is not None:
+                    try:
+                        many(batch)  # one transaction, one fsync, for the batch
+                        continue
+                    except Exception:
+                        log.warning("audit batch of %d failed; appending one by one", len(batch))
+                for record in batch:
+                    self._append_one(record)
             self._audit_idle.set()
             if stopping:
                 return
+
+    def _append_one(self, record: tuple[Any, ...]) -> None:
+        subject, role, action, at, incident_id, commune, payload, reason = record
+        try:
+            self.audit.append(
+                subject,
+                role,
+                action,
+                at=at,
+                incident_id=incident_id,
+                commune=commune,
+                payload=payload,
+                reason=reason,
+            )
+        except Exception:
+            log.exception("audit append failed for %s %s", action, incident_id)
+            self.metrics.audit_failures.inc()
 
     def flush_audit(self, timeout_s: float = 30.0) -> None:
         """Block until every audit record queued so far is written."""
@@ -455,6 +486,8 @@ class DispatchService:
                 await self._core(self.coordinator.close_incident, incident_id)
                 self._applied.pop(incident_id, None)
                 self._seen.pop(incident_id, None)
+            self._declines.pop(incident_id, None)
+            self._forget_prediction(incident_id)
         self._audit(actor, "incident_closed", incident_id=incident_id, commune=info.get("commune"))
         await self._publish_op(
             self.communes_of(info), {"type": "incident", "event": "closed", "incident": _public(info)}
@@ -550,18 +583,29 @@ class DispatchService:
                 log.exception("replaying sighting %s failed", sighting.source_event_id)
             self._seen[incident_id].add(sighting.source_event_id)
         self._applied[incident_id] += len(missing)
+        await self._sync_declines(incident_id)
 
-    async def _sync_crews(self, exclude: frozenset[str] = frozenset()) -> None:
-        """Give the Coordinator the crews (from the state store). Status changes go at once;
-        position-only changes at most every ``crew_refresh_s`` (each push re-plans every incident)."""
+    async def _sync_crews(
+        self, at: datetime | None = None, *, positions: bool | None = None, due: bool = False
+    ) -> None:
+        """Give the Coordinator the crews (from the state store), without re-planning: each
+        caller re-plans its own incident right after (a sighting, a decision, or :meth:`tick`
+        one incident per core call), so one push never holds sightings behind every open
+        incident's plan. Status changes go at once; position-only changes at most every
+        ``crew_refresh_s``. ``positions=False``: status changes only (the sighting path, when
+        :meth:`tick` refreshes positions); the default is ``not self.positions_on_tick``.
+        ``due``: push moved crews now, whatever the time since the last push (a tick)."""
+        if positions is None:
+            positions = not self.positions_on_tick
         version, status_version = await self.state.crew_versions()
-        now = self.now()
-        status_key = (status_version, exclude)
+        now = at or self.now()
+        status_key = status_version
         if status_key == self._crew_status_key:
-            if version == self._crew_version:
+            if version == self._crew_version or not positions:
                 return
             if (
-                self._crews_pushed_at is not None
+                not due
+                and self._crews_pushed_at is not None
                 and (now - self._crews_pushed_at).total_seconds() < self.crew_refresh_s
             ):
                 return
@@ -571,12 +615,10 @@ class DispatchService:
             if "_edge" not in c:
                 continue
             c = dict(c, _speed_factor=float(c.get("_speed_factor") or self.crew_speed_factor))
-            if c["crew_id"] in exclude:
-                c["status"] = "busy"
             objects.append(self._crew_factory(c, EdgePosition(int(c["_edge"]), float(c["_offset_m"]))))
         # The Coordinator re-plans every open incident, and refuses one with no position yet.
         with contextlib.suppress(NoBeliefError):
-            await self._core(self.coordinator.set_crews, objects, now)
+            await self._core(self.coordinator.set_crews, objects, now, replan=False)
         self._crew_status_key, self._crew_version, self._crews_pushed_at = status_key, version, now
 
     async def handle_sighting(self, payload: Json) -> None:
@@ -648,6 +690,13 @@ class DispatchService:
         if len(applied) > 1:
             self.metrics.coalesced.inc(len(applied) - 1)
 
+    def _plan_time(self, sighting: Sighting) -> datetime:
+        """When a sighting's plan is for: now, when the report is at most
+        ``max_report_delay_s`` old (its delay is the operator's handoff); else its own time."""
+        now = self.now()
+        delay_s = (now - sighting.observed_at).total_seconds()
+        return now if 0.0 <= delay_s <= self.max_report_delay_s else sighting.observed_at
+
     async def _apply(self, info: Json, sighting: Sighting, *, replan: bool = True) -> Any:
         """Give one sighting to the core (caller holds the lock, after ``_sync``); ``None``
         when it was already applied (a redelivery) or the core refused it."""
@@ -655,13 +704,15 @@ class DispatchService:
         if sighting.source_event_id in self._seen[incident_id]:
             self.metrics.sightings.labels("redelivered").inc()
             return None
-        await self._sync_crews(await self._declined(incident_id))
+        await self._sync_crews()
         outcome: Any
         try:
-            if replan:
-                outcome = await self._core(self.coordinator.ingest, sighting)
-            else:
-                outcome = await self._core(self.coordinator.ingest, sighting, replan=False)
+            kwargs: dict[str, Any] = {}
+            if not replan:
+                kwargs["replan"] = False
+            elif self._can_plan_at:
+                kwargs["plan_at"] = self._plan_time(sighting)
+            outcome = await self._core(self.coordinator.ingest, sighting, **kwargs)
         except KeyError as exc:  # unknown camera / incident raced with a config change
             log.warning("sighting %s refused by the core: %s", sighting.source_event_id, exc)
             return None
@@ -684,12 +735,43 @@ class DispatchService:
             info["lon"], info["lat"] = float(camera.lon), float(camera.lat)
         return outcome
 
-    async def _declined(self, incident_id: str) -> frozenset[str]:
-        return frozenset(
-            s["crew_id"]
-            for s in await self.state.incident_suggestions(incident_id)
-            if s["state"] == "declined"
+    async def _sync_declines(self, incident_id: str) -> None:
+        """Give this worker's Coordinator the incident's declines it has not seen (made through
+        another worker), in the order they were made (caller holds the lock, after ``_sync``)."""
+        given = self._declines.setdefault(incident_id, set())
+        missing = sorted(
+            (
+                s
+                for s in await self.state.incident_suggestions(incident_id)
+                if s["state"] == "declined" and (s["crew_id"], int(s["target_node"])) not in given
+            ),
+            key=lambda s: (str(s.get("_declined_at") or ""), s["suggestion_id"]),
         )
+        for s in missing:
+            await self._core_decline(s)
+
+    async def _core_decline(self, s: Json) -> Any:
+        """``Coordinator.decline`` for a declined suggestion: that crew is never offered that
+        crossing of the incident again, and stays available for other points. Returns the
+        core's new plan (``None`` when the incident has no position yet)."""
+        key = (str(s["crew_id"]), int(s["target_node"]))
+        self._declines.setdefault(s["incident_id"], set()).add(key)
+        decline = getattr(self.coordinator, "decline", None)
+        if decline is None:  # a core without declines (a stub)
+            return None
+        at = datetime.fromisoformat(s["_declined_at"]) if s.get("_declined_at") else self.now()
+        try:
+            return await self._core(
+                decline,
+                s["incident_id"],
+                key[0],
+                at=at,
+                reason=str(s.get("_decline_reason") or ""),
+                target_node=key[1],
+            )
+        except (KeyError, ValueError) as exc:  # no position yet, incident closed in the core
+            log.info("decline of %s by %s not planned: %s", s["suggestion_id"], key[0], exc)
+            return None
 
     async def _publish_outcome(
         self,
@@ -701,28 +783,34 @@ class DispatchService:
         received_ns: int | None,
         sighting_only: bool = False,
     ) -> None:
+        """Publish what one applied sighting changed. The crews' suggestions go first (the
+        latency that matters), then the consoles' sighting, track, prediction and plan."""
         communes = self.communes_of(info)
         camera = self.city.cameras.cameras[sighting.camera_id]
         update = getattr(outcome, "update", None)
         flag = getattr(update, "flag", None)
-        await self._publish_op(
-            communes,
-            {
-                "type": "sighting",
-                "incident_id": sighting.incident_id,
-                "camera_id": sighting.camera_id,
-                "observed_at": sighting.observed_at.isoformat(),
-                "source_kind": str(sighting.source_kind),
-                "source_event_id": sighting.source_event_id,
-                "lon": camera.lon,
-                "lat": camera.lat,
-                "late": late,
-                "flag": None if flag is None else f"{flag.reason}: {flag.detail}",
-            },
-        )
+        seen: Json = {
+            "type": "sighting",
+            "incident_id": sighting.incident_id,
+            "camera_id": sighting.camera_id,
+            "observed_at": sighting.observed_at.isoformat(),
+            "source_kind": str(sighting.source_kind),
+            "source_event_id": sighting.source_event_id,
+            "lon": camera.lon,
+            "lat": camera.lat,
+            "late": late,
+            "flag": None if flag is None else f"{flag.reason}: {flag.detail}",
+        }
         if sighting_only:
+            await self._publish_op(communes, seen)
             return
+        plan = getattr(outcome, "plan", None)
+        summary = None
+        if plan is not None:  # the hot path: suggestions to the tablets
+            summary = await self._apply_plan(info, plan, received_ns=received_ns, publish=False)
+        await self._publish_op(communes, seen)
         view: Json = dict(await self.state.get_view(sighting.incident_id) or {})
+        pushed: list[Json] = []
         belief = getattr(outcome, "belief", None)
         if belief is not None:
             track = {
@@ -740,39 +828,99 @@ class DispatchService:
             }
             view["track"] = track
             await self._publish_op(communes, track)
+            pushed.append(track)
         prediction = getattr(outcome, "prediction", None)
         if prediction is not None:
-            geojson = self._prediction_geojson(prediction)
-            view["prediction"] = geojson
-            await self._publish_op(
-                communes,
-                {
-                    "type": "prediction",
-                    "incident_id": sighting.incident_id,
-                    "at": prediction.at.isoformat(),
-                    "geojson": geojson,
-                },
-            )
-        plan = getattr(outcome, "plan", None)
-        if plan is not None:
-            view["plan"] = await self._apply_plan(info, plan, received_ns=received_ns)
+            due = self._prediction_due(sighting.incident_id, prediction)
+            message = None if due is None else await self._prediction_message(sighting.incident_id, due)
+            if message is not None:
+                view["prediction"] = message["geojson"]
+                message = self._wire(message)
+                await self._publish_op(communes, message)
+                pushed.append(message)
+        if summary is not None:
+            await self._publish_op(communes, summary)
+            view["plan"] = summary
         await self.state.put_view(sighting.incident_id, view)
-        pushed = [view[k] for k in ("track",) if belief is not None and k in view]
-        if prediction is not None:
-            pushed.append(
-                {
-                    "type": "prediction",
-                    "incident_id": sighting.incident_id,
-                    "at": prediction.at.isoformat(),
-                    "geojson": view["prediction"],
-                }
-            )
         if pushed:
             await self._push_to_crews(sighting.incident_id, pushed)
 
+    def _prediction_due(self, incident_id: str, prediction: Any) -> Any:
+        """The prediction to send now, or ``None`` when one went out less than
+        ``prediction_interval_s`` ago: then this one is kept and sent when the interval ends
+        (unless a newer one replaces it meanwhile). Caller holds the incident's lock."""
+        now = time.monotonic()
+        last = self._prediction_sent.get(incident_id)
+        if last is None or now - last >= self.prediction_interval_s:
+            self._prediction_pending.pop(incident_id, None)
+            self._prediction_sent[incident_id] = now
+            return prediction
+        self._prediction_pending[incident_id] = prediction
+        if incident_id not in self._prediction_flush:
+            delay = last + self.prediction_interval_s - now
+            task = asyncio.create_task(self._flush_prediction(incident_id, delay))
+            self._prediction_flush[incident_id] = task
+        return None
+
+    async def _prediction_message(self, incident_id: str, prediction: Any) -> Json | None:
+        """The ``prediction`` message; with the core in its own process the GeoJSON is built
+        there (the outcome carries a :class:`~serving.core_process.PredictionRef`)."""
+        if isinstance(prediction, PredictionRef):
+            made = await self._core(self.coordinator.prediction_message, incident_id, prediction.at)  # type: ignore[attr-defined]
+            return None if made is None else {"type": "prediction", "incident_id": incident_id, **made}
+        return {
+            "type": "prediction",
+            "incident_id": incident_id,
+            "at": prediction.at.isoformat(),
+            "geojson": self._prediction_geojson(prediction),
+        }
+
+    async def _flush_prediction(self, incident_id: str, delay_s: float) -> None:
+        """Send the incident's pending prediction after ``delay_s`` (see :meth:`_prediction_due`)."""
+        try:
+            await asyncio.sleep(max(0.0, delay_s))
+            async with self.state.lock(incident_id):
+                self._prediction_flush.pop(incident_id, None)
+                prediction = self._prediction_pending.pop(incident_id, None)
+                info = await self.state.get_incident(incident_id)
+                if prediction is None or info is None or info.get("closed_at"):
+                    return
+                self._prediction_sent[incident_id] = time.monotonic()
+                message = await self._prediction_message(incident_id, prediction)
+                if message is None:
+                    return
+                view: Json = dict(await self.state.get_view(incident_id) or {})
+                view["prediction"] = message["geojson"]
+                message = self._wire(message)
+                await self._publish_op(self.communes_of(info), message)
+                await self.state.put_view(incident_id, view)
+                await self._push_to_crews(incident_id, [message])
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("sending the prediction of %s failed", incident_id)
+        finally:
+            if self._prediction_flush.get(incident_id) is asyncio.current_task():
+                self._prediction_flush.pop(incident_id, None)
+
+    def _wire(self, message: Json) -> Json:
+        """A ``prediction`` message for the hub: its GeoJSON serialized once, for the consoles
+        and the tablets alike (in-process bus only: the Redis bus serializes events itself)."""
+        if not isinstance(self.bus, InProcessBus):
+            return message
+        return dict(message, geojson=Encoded(json.dumps(message["geojson"])))
+
+    def _forget_prediction(self, incident_id: str) -> None:
+        self._prediction_sent.pop(incident_id, None)
+        self._prediction_pending.pop(incident_id, None)
+        task = self._prediction_flush.pop(incident_id, None)
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+
     async def _push_to_crews(self, incident_id: str, messages: list[Json]) -> None:
         """The latest track / prediction to every crew holding a delivered suggestion for the
-        incident, outside the crew stream (no ``seq``: latest state, not history)."""
+        incident, outside the crew stream (no ``seq``: latest state, not history). One event
+        per message for all those crews: each worker serializes it once for all its tablets."""
         crews = sorted(
             {
                 s["crew_id"]
@@ -780,15 +928,13 @@ class DispatchService:
                 if s["state"] in DELIVERED
             }
         )
-        for crew_id in crews:
-            for message in messages:
-                await self.bus.publish(
-                    {
-                        "kind": "crew_direct",
-                        "crew_id": crew_id,
-                        "message": dict(message, sent_at=self.now().isoformat()),
-                    }
-                )
+        if not crews:
+            return
+        sent_at = self.now().isoformat()
+        for message in messages:
+            await self.bus.publish(
+                {"kind": "crews_direct", "crew_ids": crews, "message": dict(message, sent_at=sent_at)}
+            )
 
     async def _mode(self, info: Json) -> m.DispatchMode:
         commune = info.get("commune")
@@ -798,8 +944,11 @@ class DispatchService:
                 return m.DispatchMode(mode)
         return self.default_mode
 
-    async def _apply_plan(self, info: Json, plan: PlanLike, *, received_ns: int | None) -> Json:
-        """Turn a plan into suggestion states and messages (caller holds the incident's lock)."""
+    async def _apply_plan(
+        self, info: Json, plan: PlanLike, *, received_ns: int | None, publish: bool = True
+    ) -> Json:
+        """Turn a plan into suggestion states and crews' messages (caller holds the incident's
+        lock); returns the consoles' ``plan`` summary, published here unless ``publish`` is false."""
         incident_id = info["incident_id"]
         communes = self.communes_of(info)
         mode = await self._mode(info)
@@ -872,7 +1021,8 @@ class DispatchService:
             "holds": list(plan.holds),
             "dispatch_mode": mode.value,
         }
-        await self._publish_op(communes, summary)
+        if publish:
+            await self._publish_op(communes, summary)
         return summary
 
     async def _retract(self, suggestion: Json, reason: str, *, publish: bool = True) -> None:
@@ -923,7 +1073,9 @@ class DispatchService:
                 self.metrics.sighting_to_crew.observe((_epoch_ns() - int(received_ns)) / 1e9)
         elif kind == "op":
             self.hub.to_operators(event.get("communes"), dict(event["message"]))
-        elif kind == "crew_direct":
+        elif kind == "crews_direct":
+            self.hub.to_crews_direct([str(c) for c in event["crew_ids"]], dict(event["message"]))
+        elif kind == "crew_direct":  # one crew (from a worker of an earlier version)
             self.hub.to_crew_direct(str(event["crew_id"]), dict(event["message"]))
 
     # -----------------------------------------------------------------------------------------
@@ -1050,12 +1202,17 @@ class DispatchService:
                     )
         info = await self.state.get_incident(incident_id) if incident_id else None
         communes = self.communes_of(info) if info else []
+        declined_now = False
         if s is not None and decision in ("accept", "decline", "in_position"):
             async with self.state.lock(s["incident_id"]):
                 s = await self._suggestion_for(s["suggestion_id"], actor)
+                declined_now = decision == "decline" and s["state"] != "declined"
                 s["state"] = {"accept": "accepted", "decline": "declined", "in_position": "in_position"}[
                     decision
                 ]
+                if declined_now:
+                    s["_declined_at"] = self.now().isoformat()
+                    s["_decline_reason"] = reason or ""
                 await self.state.put_suggestion(s)
             await self._publish_op(communes, {"type": "suggestion", "suggestion": _public(s)})
         self._audit(
@@ -1080,10 +1237,39 @@ class DispatchService:
             },
         )
         if decision == "decline" and info is not None and s is not None:
-            await self.replan(info["incident_id"])
+            replanned = False
+            if declined_now:
+                async with self.state.lock(s["incident_id"]):
+                    info = await self.state.get_incident(s["incident_id"])
+                    if info is not None and not info.get("closed_at"):
+                        replanned = await self._decline_and_replan(info, s)
+            if not replanned and info is not None:
+                await self.replan(info["incident_id"])
         return None if s is None else _public(s)
 
-    async def replan(self, incident_id: str, *, skip_unchanged: bool = False) -> bool:
+    async def _decline_and_replan(self, info: Json, s: Json) -> bool:
+        """Give a fresh decline to the core and publish the plan it makes (caller holds the
+        incident's lock and has stored the declined suggestion). Returns whether a plan went out."""
+        incident_id = info["incident_id"]
+        key = (str(s["crew_id"]), int(s["target_node"]))
+        fresh = key not in self._declines.setdefault(incident_id, set())
+        self._declines[incident_id].add(key)  # given below, after the ones it has not seen
+        await self._sync(info)
+        if not fresh:
+            return False
+        plan = await self._core_decline(s)  # the core re-plans at once
+        if plan is None:
+            return False
+        info["plan_version"] = int(plan.version)
+        await self.state.put_incident(info)
+        view = dict(await self.state.get_view(incident_id) or {})
+        view["plan"] = await self._apply_plan(info, plan, received_ns=None)
+        await self.state.put_view(incident_id, view)
+        return True
+
+    async def replan(
+        self, incident_id: str, *, skip_unchanged: bool = False, at: datetime | None = None
+    ) -> bool:
         """Ask the core for a new plan now (after a decline, an opening with an origin, time
         advancing). With ``skip_unchanged`` (time advancing, nothing new): an incident with an
         operator-modified suggestion in force is left alone (only new information overrides an
@@ -1100,8 +1286,8 @@ class DispatchService:
             active = [s for s in await self.state.incident_suggestions(incident_id) if s["state"] in ACTIVE]
             if skip_unchanged and any(s.get("_modified") for s in active):
                 return False
-            await self._sync_crews(await self._declined(incident_id))
-            at = max(self.now(), datetime.fromisoformat(info["opened_at"]))
+            await self._sync_crews(at)
+            at = max(at or self.now(), datetime.fromisoformat(info["opened_at"]))
             try:
                 plan = await self._core(self.coordinator.replan, incident_id, at)
             except NoBeliefError:
@@ -1135,12 +1321,15 @@ class DispatchService:
             self._ticked_at = now
             return 0
         self._ticked_at, self._ticked_crew_version = now, version
+        # The crews' positions first: the core re-plans every open incident at ``now``, and
+        # the re-plans below at the same time get those plans back from its cache.
+        await self._sync_crews(now, positions=True, due=True)
         published = 0
         for info in await self.state.incidents():
             if info.get("closed_at") or not (info.get("_origin") or info.get("n_sightings")):
                 continue
             try:
-                if await self.replan(info["incident_id"], skip_unchanged=True):
+                if await self.replan(info["incident_id"], skip_unchanged=True, at=now):
                     published += 1
             except ServiceError:
                 continue  # closed or purged meanwhile
@@ -1225,7 +1414,13 @@ class DispatchService:
         if crew is not None and "_edge" in crew:
             at = self.now()
             position = EdgePosition(int(crew["_edge"]), float(crew["_offset_m"]))
-            evaluation = await self._core(self._evaluate_target, s["incident_id"], position, node, at)
+            if hasattr(self.coordinator, "evaluate_target"):  # the core in its own process
+                evaluate = self.coordinator.evaluate_target
+                evaluation = await self._core(evaluate, s["incident_id"], position, node, at)
+            else:
+                evaluation = await self._core(
+                    evaluate_target, self.coordinator, self.city, s["incident_id"], position, node, at
+                )
             new.update(evaluation)
         elif msg.lon is not None and msg.lat is not None:  # no crew position: the target only
             lon, lat = self.city.graph.node_lonlat[node]
@@ -1258,57 +1453,6 @@ class DispatchService:
         self._audit(SYSTEM, "suggestion_issued", incident_id=new["incident_id"], payload=public)
         return new
 
-    def _evaluate_target(self, incident_id: str, crew_at: EdgePosition, node: int, at: datetime) -> Json:
-        """Route, street names, turns, crew ETA and the suspect's ETAs at an operator-chosen
-        crossing (runs on the core thread). The arithmetic is the core's: map_data.routing for
-        the crew's fastest path, the planner's street names and turn instructions, the current
-        prediction's per-node ETA arrays shifted to ``at`` exactly as the planner does.
-        (The Coordinator has no method for this yet; see the server's report.)"""
-        g = self.city.graph
-        times = routing.times_from_positions(g, [crew_at])[0]
-        head = int(g.edge_v[crew_at.edge])
-        nodes = routing.shortest_path(g, head, node) if np.isfinite(times[node]) else []
-        edges = [crew_at.edge, *routing.path_edges(g, nodes)] if nodes else []
-        planner = getattr(self.coordinator, "planner", None)
-        names: tuple[str, ...] = tuple(planner.street_names(node)) if planner is not None else ()
-        turns: tuple[str, ...] = ()
-        if edges:
-            from guidance.planner import turn_instructions
-
-            turns = turn_instructions(g, edges, names)
-        crew_eta = float(times[node])
-        earliest: float | None = None
-        likely: float | None = None
-        covered = 0.0
-        state = getattr(self.coordinator, "state", None)
-        prediction = None
-        if state is not None:
-            with contextlib.suppress(Exception):
-                prediction = state(incident_id, at).prediction
-        if prediction is not None:
-            shift = (at - prediction.at).total_seconds()
-            earliest = float(prediction.suspect_earliest_eta_s[node]) - shift
-            likely = float(prediction.suspect_likely_eta_s[node]) - shift
-            covered = float(prediction.pass_probability[node])
-
-        def finite(x: float | None) -> float | None:
-            return x if x is not None and math.isfinite(x) else None
-
-        lon, lat = g.node_lonlat[node]
-        return {
-            "target_node": node,
-            "lon": float(lon),
-            "lat": float(lat),
-            "street_names": list(names),
-            "route_lonlat": [[a, b] for a, b in routing.path_lonlat(g, edges)] if edges else [],
-            "turns": list(turns),
-            "crew_eta_s": crew_eta if math.isfinite(crew_eta) else 0.0,
-            "suspect_earliest_eta_s": finite(earliest),
-            "suspect_likely_eta_s": finite(likely),
-            "margin_s": finite(None if earliest is None else earliest - crew_eta),
-            "probability_covered": covered,
-        }
-
     async def set_mode(self, commune: str, mode: m.DispatchMode, actor: Actor) -> None:
         await self.state.set_mode(commune, mode.value)
         self._audit(actor, "dispatch_mode", commune=commune, payload={"mode": mode.value})
@@ -1333,6 +1477,8 @@ class DispatchService:
                         await self._core(self.coordinator.close_incident, incident_id)
                     self._applied.pop(incident_id, None)
                     self._seen.pop(incident_id, None)
+                self._declines.pop(incident_id, None)
+                self._forget_prediction(incident_id)
                 rows += await self.state.drop_incident(incident_id)
         return rows
 
@@ -1396,6 +1542,71 @@ class DispatchService:
             raise
 
 
+def evaluate_target(
+    coordinator: Any, city: City, incident_id: str, crew_at: EdgePosition, node: int, at: datetime
+) -> Json:
+    """Route, street names, turns, crew ETA and the suspect's ETAs at an operator-chosen
+    crossing (runs on the core thread, or in the core process). The arithmetic is the core's:
+    map_data.routing for the crew's fastest path, the planner's street names and turn
+    instructions, the current prediction's per-node ETA arrays shifted to ``at`` exactly as the
+    planner does.
+    (The Coordinator has no method for this yet; see the server's report.)"""
+    g = city.graph
+    times = routing.times_from_positions(g, [crew_at])[0]
+    head = int(g.edge_v[crew_at.edge])
+    nodes = routing.shortest_path(g, head, node) if np.isfinite(times[node]) else []
+    edges = [crew_at.edge, *routing.path_edges(g, nodes)] if nodes else []
+    planner = getattr(coordinator, "planner", None)
+    names: tuple[str, ...] = tuple(planner.street_names(node)) if planner is not None else ()
+    turns: tuple[str, ...] = ()
+    if edges:
+        from guidance.planner import turn_instructions
+
+        turns = turn_instructions(g, edges, names)
+    crew_eta = float(times[node])
+    earliest: float | None = None
+    likely: float | None = None
+    covered = 0.0
+    state = getattr(coordinator, "state", None)
+    prediction = None
+    if state is not None:
+        with contextlib.suppress(Exception):
+            prediction = state(incident_id, at).prediction
+    if prediction is not None:
+        shift = (at - prediction.at).total_seconds()
+        earliest = float(prediction.suspect_earliest_eta_s[node]) - shift
+        likely = float(prediction.suspect_likely_eta_s[node]) - shift
+        covered = float(prediction.pass_probability[node])
+
+    def finite(x: float | None) -> float | None:
+        return x if x is not None and math.isfinite(x) else None
+
+    lon, lat = g.node_lonlat[node]
+    return {
+        "target_node": node,
+        "lon": float(lon),
+        "lat": float(lat),
+        "street_names": list(names),
+        "route_lonlat": [[a, b] for a, b in routing.path_lonlat(g, edges)] if edges else [],
+        "turns": list(turns),
+        "crew_eta_s": crew_eta if math.isfinite(crew_eta) else 0.0,
+        "suspect_earliest_eta_s": finite(earliest),
+        "suspect_likely_eta_s": finite(likely),
+        "margin_s": finite(None if earliest is None else earliest - crew_eta),
+        "probability_covered": covered,
+    }
+
+
+def prediction_message(coordinator: Any, city: City, incident_id: str, at: datetime) -> Json | None:
+    """``at`` and ``geojson`` of the incident's latest prediction (the core process builds a
+    ``prediction`` message's body with it); ``None`` when there is none."""
+    with contextlib.suppress(Exception):
+        prediction = coordinator.state(incident_id, at).prediction
+        if prediction is not None:
+            return {"at": prediction.at.isoformat(), "geojson": _default_prediction_geojson(city)(prediction)}
+    return None
+
+
 class IncidentStore:
     """The service's incident store as a :class:`serving.retention.PurgeableStore`. The purge
     job runs in a worker thread; the store's calls are made on the service's event loop."""
@@ -1435,9 +1646,9 @@ def _public(d: Json) -> Json:
     return {k: v for k, v in d.items() if not k.startswith("_")}
 
 
-def _accepts_replan(coordinator: Any) -> bool:
-    """Whether ``coordinator.ingest`` takes ``replan=False`` (track now, plan later); a
-    recording wrapper passes keywords through to the coordinator it wraps."""
+def _accepts_keyword(coordinator: Any, keyword: str) -> bool:
+    """Whether ``coordinator.ingest`` takes ``keyword`` (``replan=False``: track now, plan
+    later; ``plan_at``); a recording wrapper passes keywords through to the one it wraps."""
     import inspect
 
     target = coordinator
@@ -1446,7 +1657,7 @@ def _accepts_replan(coordinator: Any) -> bool:
             params = inspect.signature(target.ingest).parameters
         except (AttributeError, TypeError, ValueError):
             return False
-        if "replan" in params:
+        if keyword in params:
             return True
         inner = getattr(target, "inner", None)
         if inner is None or not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):

@@ -141,6 +141,28 @@ def test_append_links_each_record_to_the_previous(backend: Backend) -> None:
     assert report.ok and report.records_checked == 2 and report.head_seq == 2
 
 
+def test_append_many_chains_like_single_appends_and_is_all_or_nothing(backend: Backend) -> None:
+    log = backend.log
+    first = log.append("a", "operator", "login", at=T0)
+    batch: list[Any] = [
+        ("a", "operator", "incident_opened", T0, "I1", "metz", {"k": 1}, None),
+        ("cordon", "system", "plan_computed", T0 + timedelta(seconds=1), "I1", "metz", {"v": 2.5}, "r"),
+    ]
+    written = log.append_many(batch)
+    assert [r.seq for r in written] == [2, 3]
+    assert written[0].prev_hash == first.hash and written[1].prev_hash == written[0].hash
+    assert log.head() == (3, written[1].hash)
+    assert [r.payload for r in log.records()] == [{}, {"k": 1}, {"v": 2.5}]
+    bad: list[Any] = [
+        ("a", "operator", "login", T0, None, None, None, None),
+        ("a", "operator", "login", T0, None, None, {"x": float("nan")}, None),  # not finite: refused
+    ]
+    with pytest.raises(AuditError):
+        log.append_many(bad)
+    assert log.head() == (3, written[1].hash)  # nothing of the refused batch was written
+    assert log.verify().ok
+
+
 def test_records_are_filtered_and_round_trip(backend: Backend) -> None:
     fill(backend.log, 6)
     records = list(backend.log.records(incident_id="INC-1"))

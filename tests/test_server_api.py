@@ -126,6 +126,26 @@ async def test_sighting_reaches_the_right_tablets_only() -> None:
         await op.aclose()
 
 
+async def test_a_sighting_is_planned_for_when_its_report_arrived() -> None:
+    """The operator's handoff came seconds after the camera saw the suspect: the crews act
+    from now, so the plan is for the report's arrival, not for the moment of the sighting."""
+    async with running_server() as srv:
+        op = CordonClient(srv.base, await token(srv.base))
+        tablets = await crews_online(srv.base, 4)
+        console = Console(srv.base, await token(srv.base, communes=COMMUNE))
+        await console.connect()
+        await console.next("snapshot")
+        await op.open_incident("inc-late", commune=COMMUNE)
+        await asyncio.sleep(2.5)
+        before = datetime.now(UTC)
+        seen_at = before - timedelta(seconds=2)  # seen after the incident was opened
+        await op.post_sighting(sighting("inc-late", camera_ids()[5], "ev-late", at=seen_at))
+        plan = await console.next("plan", timeout_s=15)
+        planned_at = datetime.fromisoformat(plan["at"])
+        assert before - timedelta(seconds=0.5) <= planned_at <= datetime.now(UTC), (planned_at, seen_at)
+        await close_all(console, *tablets)
+
+
 async def test_errors_are_precise() -> None:
     async with running_server(
         ServerConfig(audit_db="memory", demo_crews=0, token_secret=SECRET, max_body_bytes=20_000)
@@ -468,7 +488,9 @@ async def test_demo_plays_a_pursuit_through_the_api() -> None:
     assert "sightings posted" in summary.text()
 
 
-async def test_decline_replans_without_the_crew_and_modify_reassigns() -> None:
+async def test_decline_replans_without_that_crossing_for_the_crew_and_modify_reassigns() -> None:
+    """A decline goes to the core (``Coordinator.decline``): the crew is never offered that
+    crossing of the incident again but stays available (for other points and incidents)."""
     async with running_server() as srv:
         op = CordonClient(srv.base, await token(srv.base))
         tablets = await crews_online(srv.base, 8)
@@ -481,7 +503,8 @@ async def test_decline_replans_without_the_crew_and_modify_reassigns() -> None:
         assert len(first["suggestions"]) >= 2
         by_crew = {t.crew_id: t for t in tablets}
         decliner = by_crew[first["suggestions"][0]["crew_id"]]
-        sid = (await decliner.next("suggestion", timeout_s=5))["suggestion"]["suggestion_id"]
+        declined = (await decliner.next("suggestion", timeout_s=5))["suggestion"]
+        sid, node = declined["suggestion_id"], int(declined["target_node"])
         await decliner.decline(sid, "déjà engagé")
         decision = await console.next("decision", timeout_s=5)
         assert (decision["decision"], decision["reason"], decision["crew_id"]) == (
@@ -489,13 +512,32 @@ async def test_decline_replans_without_the_crew_and_modify_reassigns() -> None:
             "déjà engagé",
             decliner.crew_id,
         )
-        replan = await console.next("plan", timeout_s=15)
-        assert decliner.crew_id not in {s["crew_id"] for s in replan["suggestions"]}
+        replan = await console.next("plan", timeout_s=15, where=lambda m: m["version"] > first["version"])
+        pairs = {(s["crew_id"], s["target_node"]) for s in replan["suggestions"]}
+        assert (decliner.crew_id, node) not in pairs
+        # the core holds the decline, with its reason, for that crossing only
+        core = srv.app.state.service.coordinator
+        assert [(d.crew_id, d.target_node, d.reason) for d in core.declines("inc-d")] == [
+            (decliner.crew_id, node, "déjà engagé")
+        ]
+        # and the crew is still available to the core (not taken out of every plan)
+        statuses = {c.crew_id: c.status.value for c in core.crews()}
+        assert statuses[decliner.crew_id] == "available"
         await asyncio.sleep(0.3)
-        assert "inc-d" not in decliner.current
+        if "inc-d" in decliner.current:  # another crossing of the incident, never the declined one
+            assert int(decliner.current["inc-d"]["target_node"]) != node
+        # the plan's parameters carry the declined pair (the audit replay gives it back)
+        plan = core.state("inc-d", datetime.now(UTC)).plan
+        assert [decliner.crew_id, node] in [list(p) for p in plan.parameters["declined"]]
         # the operator moves another crew's suggestion to a crew that had none
         moved = replan["suggestions"][0]
-        idle = next(t for t in tablets if t.crew_id not in {s["crew_id"] for s in replan["suggestions"]})
+        # (the decliner stays available, so every crew may hold a suggestion: one more crew)
+        lon, lat = crew_nodes(9)[8]
+        idle = Tablet(srv.base, await token(srv.base, "crew", crew_id="C-idle", communes=COMMUNE), "C-idle")
+        await idle.connect()
+        await idle.next("snapshot")
+        await idle.position(lon, lat)
+        tablets.append(idle)
         await console.modify(moved["suggestion_id"], crew_id=idle.crew_id)
         got = await idle.next("suggestion", timeout_s=5)
         assert got["suggestion"]["crew_id"] == idle.crew_id
@@ -510,3 +552,13 @@ async def test_decline_replans_without_the_crew_and_modify_reassigns() -> None:
         assert check_against_asyncapi(srv.app.state.hub.sent_log) > 10
         await close_all(console, *tablets)
         await op.aclose()
+
+
+def test_pre_encoded_values_are_spliced_into_messages_unchanged() -> None:
+    from serving.hub import Encoded, encode
+
+    geojson = {"type": "FeatureCollection", "features": [{"type": "Feature", "properties": {"p": 0.5}}]}
+    message = {"type": "prediction", "incident_id": "I", "geojson": Encoded(json.dumps(geojson))}
+    assert json.loads(encode(message)) == {"type": "prediction", "incident_id": "I", "geojson": geojson}
+    assert json.loads(encode({"geojson": Encoded("[1, 2]")})) == {"geojson": [1, 2]}
+    assert encode({"a": 1}) == json.dumps({"a": 1})

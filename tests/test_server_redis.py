@@ -135,7 +135,7 @@ async def test_two_workers_share_one_redis(redis_proc: RedisProcess, tmp_path: P
             tablets.append(t)
         console = Console(a.base, await token(a.base, communes=COMMUNE))
         await console.connect()
-        await asyncio.sleep(0.3)
+        await console.next("snapshot")  # registered on worker a: it sees what b publishes
         await op_b.open_incident("inc-2w", commune=COMMUNE)
         now = datetime.now(UTC)
         await op_b.post_sighting(sighting("inc-2w", cameras()[5], "s1", now))
@@ -293,20 +293,33 @@ async def test_redis_restart_under_load(tmp_path: Path) -> None:
                     await asyncio.sleep(0.05)
 
             loader = asyncio.create_task(load())
-            while len(acked) < 10:
-                await asyncio.sleep(0.02)
+
+            async def under_way() -> bool:
+                if loader.done():
+                    loader.result()  # a failed loader fails the test now, not at the timeout
+                return len(acked) >= 10
+
+            await wait_for(under_way, 30)
             await asyncio.to_thread(rp.stop)  # SIGTERM: Redis flushes its AOF and exits
             await asyncio.sleep(1.0)
             await asyncio.to_thread(rp.start)
             await loader
 
+            logged: list[str] = []
+
             async def all_logged() -> bool:
                 try:
-                    return sorted(await logged_events(rp.url, "inc-rr")) == sorted(acked)
+                    logged[:] = await logged_events(rp.url, "inc-rr")
                 except Exception:
                     return False
+                return sorted(logged) == sorted(acked)
 
-            await wait_for(all_logged, 60)
+            try:
+                await wait_for(all_logged, 60)
+            except TimeoutError:
+                missing = sorted(set(acked) - set(logged))
+                extra = len(logged) - len(set(logged))
+                raise AssertionError(f"acked, not applied: {missing}; applied twice: {extra}") from None
             health = await op.health()
             assert health["status"] == "ok" and health["state"] == "redis"
             await op.aclose()
