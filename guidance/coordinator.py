@@ -199,11 +199,14 @@ class Coordinator:
         for inc in self._incidents.values():
             inc.revision += 1
 
-    def set_crews(self, crews: Sequence[Crew], at: datetime) -> dict[str, Plan]:
+    def set_crews(self, crews: Sequence[Crew], at: datetime, *, replan: bool = True) -> dict[str, Plan]:
         """Replace the crews' positions and statuses, and re-plan every open incident at ``at``.
 
         Returns the new plan of each incident that could be planned (an incident without any
-        position yet is skipped)."""
+        position yet is skipped). With ``replan=False`` only the crews are replaced (returns
+        ``{}``): a caller that re-plans each incident on its own afterwards (the server, one
+        incident per core call so that sightings are not held behind every incident's plan)
+        saves the plans it would throw away."""
         ids = [c.crew_id for c in crews]
         if len(set(ids)) != len(ids):
             raise GuidanceError(f"duplicate crew ids: {sorted({i for i in ids if ids.count(i) > 1})}")
@@ -213,20 +216,29 @@ class Coordinator:
             self._crew_revision += 1
         self._crews_at = at
         plans: dict[str, Plan] = {}
+        if not replan:
+            return plans
         for incident_id in self.incident_ids():
             plan = self._replan(incident_id, at)
             if plan is not None:
                 plans[incident_id] = plan
         return plans
 
-    def ingest(self, sighting: Sighting, *, replan: bool = True) -> Outcome:
+    def ingest(self, sighting: Sighting, *, replan: bool = True, plan_at: datetime | None = None) -> Outcome:
         """Give a sighting to its incident's tracker and re-plan at its time (or at the last
         plan's time when the sighting arrives late).
+
+        ``plan_at``: the time the plan is for, when later than the sighting: the moment its
+        report reached the caller (an operator's handoff takes seconds, and the crews act from
+        now, so a plan at the sighting's own time would think the suspect seconds behind where
+        it is). The plan's time is the latest of the sighting's, ``plan_at`` and the last plan's.
 
         With ``replan=False`` only the track is updated (the outcome's belief, prediction and
         plan are ``None``); the next :meth:`set_crews` or :meth:`replan` plans with it. A
         caller that re-plans right after anyway (the simulator gives the crews' positions at
         once) saves a plan that would be superseded at once."""
+        if plan_at is not None and plan_at.tzinfo is None:
+            raise GuidanceError("ingest: 'plan_at' must be timezone-aware")
         inc = self._incident(sighting.incident_id)
         update = self.tracks.update(sighting)
         if update.duplicate:
@@ -237,6 +249,8 @@ class Coordinator:
             return Outcome(update=update, belief=None, prediction=None, plan=None)
         # A late sighting (older than the last plan) re-plans at the last plan's time.
         at = sighting.observed_at
+        if plan_at is not None:
+            at = max(at, plan_at)
         if inc.plan is not None and inc.plan.at > at:
             at = inc.plan.at
         plan = self._replan(inc.incident_id, at)

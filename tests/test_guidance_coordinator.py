@@ -204,3 +204,39 @@ def test_a_declined_target_is_never_offered_again(city: City) -> None:
         co.decline("inc-dec", "crew-nobody", at=T0)
     with pytest.raises(GuidanceError, match="out of range"):
         co.decline("inc-dec", "crew-00", at=T0, target_node=-1)
+
+
+def test_a_reported_sighting_is_planned_for_its_arrival(city: City) -> None:
+    """``plan_at``: the report reached the CSU 8 s after the camera saw the suspect; the plan
+    (and its prediction) is for that moment, never for earlier than the sighting or the last plan."""
+    co = Coordinator(city)
+    co.open_incident("inc-1", at=T0, origin_lonlat=centre_lonlat(city))
+    co.set_crews(some_crews(city), T0)
+    pred = co.state("inc-1", T0).prediction
+    assert pred is not None
+    cam, eta = camera_on_route(city, pred)
+    seen_at = T0 + timedelta(seconds=eta)
+    reported_at = seen_at + timedelta(seconds=8)
+    out = co.ingest(
+        Sighting(incident_id="inc-1", camera_id=cam, observed_at=seen_at, source_event_id="ev-1"),
+        plan_at=reported_at,
+    )
+    assert out.plan is not None and out.plan.at == reported_at
+    assert out.prediction is not None and out.prediction.at == reported_at
+    assert out.belief is not None and out.belief.at == reported_at
+    # a plan_at earlier than the sighting does not move the plan before the sighting
+    out2 = co.ingest(
+        Sighting(
+            incident_id="inc-1",
+            camera_id=cam,
+            observed_at=reported_at + timedelta(seconds=2),
+            source_event_id="ev-2",
+        ),
+        plan_at=T0,
+    )
+    assert out2.plan is not None and out2.plan.at == reported_at + timedelta(seconds=2)
+    with pytest.raises(GuidanceError, match="timezone-aware"):
+        co.ingest(
+            Sighting(incident_id="inc-1", camera_id=cam, observed_at=seen_at, source_event_id="ev-3"),
+            plan_at=datetime(2026, 3, 1, 12, 5),  # noqa: DTZ001 (naive on purpose)
+        )
