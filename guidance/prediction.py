@@ -41,7 +41,8 @@ from guidance.types import (
 from map_data.network_types import City
 from map_data.types import BoolArray, CompiledGraph, FloatArray, IntArray
 
-PREDICTOR_VERSION = "escape-mixture/2"
+PREDICTOR_VERSION = "escape-mixture/3"
+_STEP_BLOCK = 16  # crossings walked between two checks for the routes that ended
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,8 +160,11 @@ class EscapePredictor:
         )
         self._times_to_flat = np.ascontiguousarray(self.destinations.times_to, dtype=np.float32).ravel()
         self._has_succ: BoolArray = np.asarray(self._succ_valid.any(axis=1), dtype=np.bool_)
+        self._all_succ = bool(self._has_succ.all())
         temps = np.array([self.models[n].temperature_s for n in names])
-        self._static_time = (self._static - self._succ_time[None, :, :] / temps[:, None, None]).astype(
+        # The scores times each model's temperature (the argmax over a row's choices is the
+        # same): the destination term is then a plain difference of times.
+        self._static_time = (self._static * temps[:, None, None] - self._succ_time[None, :, :]).astype(
             np.float32
         )
         ms = [self.models[n] for n in self.model_names]
@@ -169,6 +173,8 @@ class EscapePredictor:
         self._m_temp = np.array([m.temperature_s for m in ms])
         self._m_away = np.array([m.away_weight for m in ms])
         self._m_kinds = [self.destinations.kind_mask(m.destination_kinds) for m in ms]
+        self._kind_values = tuple(k.value for k in self.destinations.kinds)
+        self._kind_of = dict(zip(self.destinations.nodes.tolist(), self._kind_values, strict=True))
         self.max_speed_factor = float(np.max(self._m_speed * np.exp(2.5 * self._m_jitter)))
         self.model_version = f"{PREDICTOR_VERSION}:" + ",".join(
             f"{n}={self.config.model_weights[n]:g}" for n in self.model_names
@@ -266,7 +272,7 @@ class EscapePredictor:
         t = g.edge_time_s[cur_edge] * remaining / factor
         node = g.edge_v[cur_edge].copy()
 
-        # The walk: one step for all the routes still walking at once.
+        # The walk: one crossing per step for all the routes still walking at once.
         S = cfg.max_steps + 1
         n = g.n_nodes
         E = g.n_edges
@@ -275,62 +281,85 @@ class EscapePredictor:
         tt_flat = self._times_to_flat
         succ, has_succ = self._succ, self._has_succ
         succ_head, edge_time, edge_v = self._succ_head, g.edge_time_s, g.edge_v
-        # Per (model, edge) row, each successor's score without the destination term: the
-        # static preferences and "away from the incident". Terms constant over a row's choices
+        # Per (model, edge) row, each successor's score without the destination term, in seconds
+        # (the logit times the model's temperature: same argmax): the static preferences and
+        # "away from the incident". Terms constant over a row's choices
         # (the time left from the current node, its distance from the incident) do not change
         # the argmax and are left out.
-        away_m = self._m_away.astype(np.float32)
-        static = self._static_time + away_m[:, None, None] * rho[succ_head][None, :, :]
+        away_m = (self._m_away * self._m_temp).astype(np.float32)
+        rho_head = rho.take(succ_head)
+        static = np.empty_like(self._static_time)
+        for mi in range(static.shape[0]):
+            np.multiply(rho_head, away_m[mi], out=static[mi])
+            static[mi] += self._static_time[mi]
         static = static.reshape(-1, static.shape[2])
         active = (t < horizon_s) & (node != dest_node) & has_succ[cur_edge]
-        block = 32
-        gumbel = np.empty((0, K, succ.shape[1]), dtype=np.float32)
-        # Only the routes still walking are advanced: their state is kept compact (``idx`` the
-        # routes, the other arrays aligned with it) and shrunk when some stop; each step's
-        # (routes, edges, times) is recorded and laid out at the end. The Gumbel noise is drawn
-        # for all K routes each step, so a route's draws do not depend on when the others stop.
+        W = succ.shape[1]
+        succ_flat = succ.ravel()
+        # The routes still walking advance together, ``_STEP_BLOCK`` crossings at a time: a
+        # block walks without testing for the end of a route, then finds where each route ended
+        # (horizon, destination, dead end) from the block's record, keeps the steps up to there
+        # and drops the routes that ended. The state (``idx`` the routes, the other arrays
+        # aligned with it) is that of the routes walking at the block's start, and so is the
+        # block's Gumbel noise: the draws depend only on the inputs (the seed and the walk).
         idx = np.flatnonzero(active)
         ce = cur_edge[idx]
-        tc = t[idx]
         row0 = model[idx] * E
         d_off = (dest_idx * n)[idx][:, None]
-        inv_temp = (1.0 / self._m_temp[model[idx]])[:, None].astype(np.float32)
-        inv_factor = 1.0 / factor[idx]
+        temp = self._m_temp[model[idx]][None, :, None].astype(np.float32)
+        f_c = factor[idx]
+        tc = t[idx] * f_c  # free-flow time walked (the route's time times its speed factor)
+        lim = horizon_s * f_c
         dest_c = dest_node[idx]
         rec_idx: list[IntArray] = [np.arange(K)]
+        rec_step: list[IntArray] = [np.zeros(K, dtype=np.int64)]
         rec_edge: list[IntArray] = [cur_edge]
         rec_time: list[FloatArray] = [t]
-        for s in range(1, S):
-            if idx.size == 0:
-                break
-            if (s - 1) % block == 0:
-                # Standard Gumbel noise in float32: -log(-log(u)), u uniform in [0, 1) (u = 0 gives
-                # -inf, never +inf, so a padded successor, at -inf, is never chosen).
-                with np.errstate(divide="ignore"):
-                    gumbel = -np.log(-np.log(rng.random(size=(block, K, succ.shape[1]), dtype=np.float32)))
-            logits = static[row0 + ce] - tt_flat[d_off + succ_head[ce]] * inv_temp
-            choice = np.argmax(logits + gumbel[(s - 1) % block][idx], axis=1)
-            ce = succ[ce, choice]
-            tc = tc + edge_time[ce] * inv_factor
-            rec_idx.append(idx)
-            rec_edge.append(ce)
-            rec_time.append(tc)
-            keep = (tc < horizon_s) & (edge_v[ce] != dest_c) & has_succ[ce]
-            if not keep.all():
-                idx, ce, tc, row0, d_off = idx[keep], ce[keep], tc[keep], row0[keep], d_off[keep]
-                inv_temp, inv_factor, dest_c = inv_temp[keep], inv_factor[keep], dest_c[keep]
-        counts = np.array([a.size for a in rec_idx])
-        width = len(rec_idx)
+        s0 = 1
+        while idx.size and s0 < S:
+            nb = min(_STEP_BLOCK, S - s0)
+            # Standard Gumbel noise in float32: -log(-log(u)), u uniform in [0, 1) (u = 0 gives
+            # -inf, never +inf, so a padded successor, at -inf, is never chosen), times each
+            # route's temperature (the scores are in seconds: times the temperature, the argmax
+            # is the same).
+            with np.errstate(divide="ignore"):
+                gumbel = -np.log(-np.log(rng.random(size=(nb, idx.size, W), dtype=np.float32)))
+            gumbel *= temp
+            walked = np.empty((nb, idx.size), dtype=np.int64)
+            for j in range(nb):
+                # (``take`` gathers rows several times faster than fancy indexing.)
+                heads = succ_head.take(ce, axis=0)
+                heads += d_off
+                logits = static.take(row0 + ce, axis=0)
+                logits -= tt_flat.take(heads)
+                logits += gumbel[j]
+                ce = succ_flat[ce * W + logits.argmax(axis=1)]
+                walked[j] = ce
+            tw = tc + np.cumsum(edge_time[walked], axis=0)
+            ended = (tw >= lim) | (edge_v[walked] == dest_c)
+            if not self._all_succ:
+                ended |= ~has_succ[walked]
+            ended = np.logical_or.accumulate(ended, axis=0)
+            # A route takes a step if it had not ended before it.
+            took = np.ones_like(ended)
+            took[1:] = ~ended[:-1]
+            j_took, r_took = np.nonzero(took)
+            rec_idx.append(idx[r_took])
+            rec_step.append(s0 + j_took)
+            rec_edge.append(walked[j_took, r_took])
+            rec_time.append(tw[j_took, r_took] / f_c[r_took])
+            go = ~ended[-1]
+            idx, ce, tc, row0, d_off = idx[go], ce[go], tw[-1][go], row0[go], d_off[go]
+            temp, f_c, lim, dest_c = temp[:, go], f_c[go], lim[go], dest_c[go]
+            s0 += nb
         all_idx = np.concatenate(rec_idx)
-        all_step = np.repeat(np.arange(width), counts)
+        all_step = np.concatenate(rec_step)
         lengths = np.bincount(all_idx, minlength=K).astype(np.int64)
+        width = int(lengths.max())
         edges = np.full((K, width), -1, dtype=np.int64)
         times = np.full((K, width), np.inf, dtype=np.float64)
         edges[all_idx, all_step] = np.concatenate(rec_edge)
         times[all_idx, all_step] = np.concatenate(rec_time)
-        width = int(lengths.max())
-        edges = np.ascontiguousarray(edges[:, :width])
-        times = np.ascontiguousarray(times[:, :width])
         nodes = np.where(edges >= 0, edge_v[np.maximum(edges, 0)], -1)
         last_node = nodes[np.arange(K), lengths - 1]
         left = (
@@ -355,9 +384,8 @@ class EscapePredictor:
         if cfg.plausible_speed_factor is not None:
             fast = bound * (self.max_speed_factor / cfg.plausible_speed_factor)
         kinds_w: dict[str, float] = {}
-        for k, w in zip(dests.kinds, d_post.tolist(), strict=True):
-            kinds_w[k.value] = kinds_w.get(k.value, 0.0) + w
-        kind_of = {int(v): k.value for v, k in zip(dests.nodes.tolist(), dests.kinds, strict=True)}
+        for k, w in zip(self._kind_values, d_post.tolist(), strict=True):
+            kinds_w[k] = kinds_w.get(k, 0.0) + w
         return prediction_from_samples(
             g,
             samples,
@@ -369,7 +397,7 @@ class EscapePredictor:
             fast_eta_s=fast,
             position_spread=cfg.position_spread,
             top_k=cfg.top_k,
-            destination_kinds=kind_of,
+            destination_kinds=self._kind_of,
             destination_weights=kinds_w,
             model_weights=dict(zip(self.model_names, m_w.tolist(), strict=True)),
             model_version=self.model_version,

@@ -190,3 +190,34 @@ def test_position_spread_marginalises_speed() -> None:
     late = position_distribution(samples, 32.0, spread=0.25)  # window 24..40 s: 6 s on 12, 10 s out
     assert late.left_probability == pytest.approx(10.0 / 16.0)
     assert late.probabilities.sum() + late.left_probability == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("horizon_s", [45.0, 600.0])
+def test_each_route_walks_until_its_horizon_or_destination_and_no_further(horizon_s: float) -> None:
+    """The walk checks for the end of the routes only every few crossings: each sampled route
+    must still follow the street graph, have growing times, and stop exactly at its first
+    crossing at or past the horizon, or at its destination, whichever comes first."""
+    city = grid_city(15)
+    g = city.graph
+    pred = EscapePredictor(city)
+    centre = 7 * 15 + 7
+    b = PointBelief("inc-w", T0, (Position(int(g.out_of(centre)[0]), 20.0, 1.0),), centre)
+    s = pred.predict(b, horizon_s=horizon_s).samples
+    ended_at_destination = 0
+    for k in range(s.lengths.size):
+        n = int(s.lengths[k])
+        edges, nodes, times = s.edges[k, :n], s.nodes[k, :n], s.times_s[k, :n]
+        assert np.all(s.edges[k, n:] == -1) and np.all(np.isinf(s.times_s[k, n:]))
+        assert np.array_equal(g.edge_v[edges], nodes)
+        assert np.array_equal(g.edge_u[edges[1:]], nodes[:-1])  # each step leaves the last crossing
+        assert np.all(np.diff(times) > 0)
+        # Walking until the last step: before it, neither the horizon nor the destination.
+        assert np.all(times[:-1] < horizon_s)
+        assert not np.any(nodes[:-1] == s.destinations[k])
+        reached = nodes[-1] == s.destinations[k]
+        assert reached or times[-1] >= horizon_s
+        ended_at_destination += bool(reached)
+    if horizon_s == 600.0:
+        assert ended_at_destination > 0
+    else:
+        assert s.lengths.max() > 1 and np.all(s.times_s[:, 0] < horizon_s)
