@@ -76,23 +76,53 @@ class InProcessBus:
         listener: Listener,
         *,
         max_batch: int = 64,
+        max_inflight: int = 8,
     ) -> None:
         """Like :meth:`run`, but hands ``handler`` every queued sighting of one incident at once
-        (in arrival order; incidents in order of their first queued sighting). Sightings queue
-        up while the core plans; applying them together lets the service publish one plan."""
+        (in arrival order), and runs the handlers of up to ``max_inflight`` incidents at once.
+
+        One incident's sightings are handled in order, one batch at a time: those arriving
+        while its batch is being handled wait and go together in its next batch (applying
+        them together lets the service publish one plan). Different incidents overlap, so one
+        incident's messages go out while the core plans another's (the core's calls are still
+        one at a time, in the order they are made)."""
         self._listener = listener
-        while True:
-            items = [await self._queue.get()]
-            while len(items) < max_batch and not self._queue.empty():
-                items.append(self._queue.get_nowait())
-            groups: dict[str, list[Json]] = {}
-            for item in items:
-                groups.setdefault(str(item.get("incident_id")), []).append(item)
-            for group in groups.values():
-                try:
-                    await handler(group)
-                except Exception:
-                    log.exception("sighting handler failed on %s", group[0].get("source_event_id"))
+        waiting: dict[str, list[Json]] = {}  # incident -> sightings queued behind its batch
+        running: dict[str, asyncio.Task[None]] = {}
+        slots = asyncio.Semaphore(max_inflight)
+
+        async def drive(incident: str, group: list[Json]) -> None:
+            try:
+                while group:
+                    try:
+                        await handler(group)
+                    except Exception:
+                        log.exception("sighting handler failed on %s", group[0].get("source_event_id"))
+                    queued = waiting.pop(incident, [])
+                    group, rest = queued[:max_batch], queued[max_batch:]
+                    if rest:
+                        waiting[incident] = rest
+            finally:
+                running.pop(incident, None)
+                slots.release()
+
+        try:
+            while True:
+                items = [await self._queue.get()]
+                while len(items) < max_batch and not self._queue.empty():
+                    items.append(self._queue.get_nowait())
+                groups: dict[str, list[Json]] = {}
+                for item in items:
+                    groups.setdefault(str(item.get("incident_id")), []).append(item)
+                for incident, group in groups.items():
+                    if incident in running:
+                        waiting.setdefault(incident, []).extend(group)
+                        continue
+                    await slots.acquire()
+                    running[incident] = asyncio.create_task(drive(incident, group))
+        finally:
+            for task in list(running.values()):
+                task.cancel()
 
     async def close(self) -> None:
         self._listener = None

@@ -234,6 +234,11 @@ class SuggestionMsg(_ServerMessage):
     type: Literal["suggestion"] = "suggestion"
     expires_at: AwareDatetime
     suggestion: SuggestionBody
+    sighting_id: str | None = Field(
+        default=None,
+        description="The source event id of the sighting whose plan issued this message "
+        "(absent for a re-plan as time passes, a decline or an operator's change)",
+    )
 
 
 class SuggestionUpdateMsg(_ServerMessage):
@@ -243,6 +248,11 @@ class SuggestionUpdateMsg(_ServerMessage):
     expires_at: AwareDatetime
     replaces: str
     suggestion: SuggestionBody
+    sighting_id: str | None = Field(
+        default=None,
+        description="The source event id of the sighting whose plan issued this message "
+        "(absent for a re-plan as time passes, a decline or an operator's change)",
+    )
 
 
 class SuggestionRetractedMsg(_ServerMessage):

@@ -807,7 +807,9 @@ class DispatchService:
         plan = getattr(outcome, "plan", None)
         summary = None
         if plan is not None:  # the hot path: suggestions to the tablets
-            summary = await self._apply_plan(info, plan, received_ns=received_ns, publish=False)
+            summary = await self._apply_plan(
+                info, plan, received_ns=received_ns, publish=False, sighting_id=sighting.source_event_id
+            )
         await self._publish_op(communes, seen)
         view: Json = dict(await self.state.get_view(sighting.incident_id) or {})
         pushed: list[Json] = []
@@ -945,10 +947,17 @@ class DispatchService:
         return self.default_mode
 
     async def _apply_plan(
-        self, info: Json, plan: PlanLike, *, received_ns: int | None, publish: bool = True
+        self,
+        info: Json,
+        plan: PlanLike,
+        *,
+        received_ns: int | None,
+        publish: bool = True,
+        sighting_id: str | None = None,
     ) -> Json:
         """Turn a plan into suggestion states and crews' messages (caller holds the incident's
-        lock); returns the consoles' ``plan`` summary, published here unless ``publish`` is false."""
+        lock); returns the consoles' ``plan`` summary, published here unless ``publish`` is false.
+        ``sighting_id``: the sighting this plan answers, named in the crews' messages."""
         incident_id = info["incident_id"]
         communes = self.communes_of(info)
         mode = await self._mode(info)
@@ -997,6 +1006,8 @@ class DispatchService:
                 }
             else:
                 message = {"type": "suggestion", "expires_at": public["expires_at"], "suggestion": public}
+            if sighting_id is not None:
+                message["sighting_id"] = sighting_id
             await self._to_crew(sug.crew_id, message, received_ns=received_ns)
             self._audit(
                 SYSTEM,
