@@ -26,6 +26,7 @@ import itertools
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -495,6 +496,10 @@ async def main_async(args: argparse.Namespace, *, stub: bool) -> dict[str, Any]:
     finally:
         await op.aclose()
         server.stop()
+        if sys.exc_info()[0] is None:
+            shutil.rmtree(work, ignore_errors=True)  # the server's audit database and log
+        else:
+            print(f"server log and audit database kept in {work}", file=sys.stderr)
 
 
 def _start_py_spy(pid: int, duration_s: float) -> subprocess.Popen[bytes] | None:
