@@ -496,7 +496,7 @@ async def main_async(args: argparse.Namespace, *, stub: bool) -> dict[str, Any]:
     finally:
         await op.aclose()
         server.stop()
-        if sys.exc_info()[0] is None:
+        if sys.exc_info()[0] is None and not os.environ.get("CORDON_BENCH_KEEP"):
             shutil.rmtree(work, ignore_errors=True)  # the server's audit database and log
         else:
             print(f"server log and audit database kept in {work}", file=sys.stderr)

@@ -117,7 +117,7 @@ def _child(
 ) -> None:
     """The core process: build the city and the Coordinator, then answer calls until told to stop."""
     from serving.audit_replay import RecordingCoordinator
-    from serving.service import evaluate_target, prediction_message
+    from serving.service import evaluate_target, ingest_accepts, prediction_message
 
     now: list[datetime | None] = [None]
     sink = _RecordList()
@@ -131,6 +131,8 @@ def _child(
                 return now[0]
 
             coordinator = RecordingCoordinator(coordinator, sink, clock=clock)
+        # the keywords of ``ingest`` this core takes (a stand-in core may take none of them)
+        ingest_keywords = {k for k in ("replan", "plan_at") if ingest_accepts(coordinator, k)}
         conn.send(("ready", None, []))
     except BaseException as exc:  # tell the parent why, then give up
         conn.send(("err", exc, []))
@@ -149,6 +151,7 @@ def _child(
             elif name == "prediction_message":
                 value = prediction_message(coordinator, city, *args, **kwargs)
             elif name == "ingest":
+                kwargs = {k: v for k, v in kwargs.items() if k in ingest_keywords}
                 value = _slim(args[0].incident_id, coordinator.ingest(*args, **kwargs))
             elif name == "set_crews":
                 coordinator.set_crews(*args, **kwargs)

@@ -287,8 +287,8 @@ class DispatchService:
         self.periodic_replans = 0  # core re-plans made because time advanced
         self.periodic_plans = 0  # of those, the plans published
         self.coalesce = coalesce
-        self._can_defer = _accepts_keyword(coordinator, "replan")
-        self._can_plan_at = _accepts_keyword(coordinator, "plan_at")
+        self._can_defer = ingest_accepts(coordinator, "replan")
+        self._can_plan_at = ingest_accepts(coordinator, "plan_at")
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cordon-core")
         self.processed = 0
         self._audit_pending: deque[tuple[Any, ...]] = deque()
@@ -1657,7 +1657,7 @@ def _public(d: Json) -> Json:
     return {k: v for k, v in d.items() if not k.startswith("_")}
 
 
-def _accepts_keyword(coordinator: Any, keyword: str) -> bool:
+def ingest_accepts(coordinator: Any, keyword: str) -> bool:
     """Whether ``coordinator.ingest`` takes ``keyword`` (``replan=False``: track now, plan
     later; ``plan_at``); a recording wrapper passes keywords through to the one it wraps."""
     import inspect

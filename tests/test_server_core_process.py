@@ -83,3 +83,40 @@ async def test_a_dead_core_process_degrades_health() -> None:
         await asyncio.to_thread(core._proc.join, 10)
         assert (await op.health())["status"] == "degraded"
         await op.aclose()
+
+
+def _tiny_city() -> object:
+    return "city"
+
+
+class _PlainCore:
+    """A stand-in core whose ``ingest`` takes no keywords (as a stub or an older core)."""
+
+    def __init__(self, city: object) -> None:
+        self.seen: list[str] = []
+
+    def ingest(self, sighting: object) -> list[str]:
+        self.seen.append(str(getattr(sighting, "source_event_id", "")))
+        return list(self.seen)
+
+
+def _plain_core(city: object) -> _PlainCore:
+    return _PlainCore(city)
+
+
+def test_core_process_passes_ingest_only_the_keywords_the_core_takes() -> None:
+    """The service asks the proxy for ``replan``/``plan_at``; a core without them still ingests."""
+    from serving.service import MemoryAudit
+    from tracking.types import Sighting
+
+    core = CoreProcess(
+        _tiny_city, _plain_core, audit=MemoryAudit(), clock=lambda: datetime.now(UTC), record=False
+    )
+    try:
+        s = Sighting(
+            incident_id="inc", camera_id="cam", observed_at=datetime.now(UTC), source_event_id="ev-1"
+        )
+        assert core.ingest(s, replan=False) == ["ev-1"]
+        assert core.ingest(s, plan_at=datetime.now(UTC)) == ["ev-1", "ev-1"]
+    finally:
+        core.close()
