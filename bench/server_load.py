@@ -250,6 +250,7 @@ class Phase:
     posted: dict[str, float] = field(default_factory=dict)  # source_event_id → t_post
     latencies_ms: list[float] = field(default_factory=list)
     post_errors: int = 0
+    post_error_kinds: dict[str, int] = field(default_factory=dict)  # "CordonHTTPError 429": n
 
 
 def routes(city: Any, n: int, rng: np.random.Generator) -> list[list[str]]:
@@ -288,8 +289,10 @@ async def run_phase(
         phase.posted[key] = time.time()
         try:
             await op.post_sighting(body)
-        except Exception:
+        except Exception as exc:
             phase.post_errors += 1
+            kind = f"{type(exc).__name__} {getattr(exc, 'status', '')}".strip()
+            phase.post_error_kinds[kind] = phase.post_error_kinds.get(kind, 0) + 1
 
     while loop.time() - t0 < phase.duration_s:
         due = t0 + k / phase.rate
@@ -486,6 +489,10 @@ async def main_async(args: argparse.Namespace, *, stub: bool) -> dict[str, Any]:
             "rss_mb_end": round(rss, 1),
             "connect_s": round(connect_s, 2),
             "post_errors": load.post_errors + baseline.post_errors,
+            "post_error_kinds": {
+                k: load.post_error_kinds.get(k, 0) + baseline.post_error_kinds.get(k, 0)
+                for k in sorted({*load.post_error_kinds, *baseline.post_error_kinds})
+            },
             "connections_cut": _metric(text, "cordon_ws_cut_total"),
             "tablet_reconnects": sum(t.connects - 1 for t in tablets),
             "latency_ms_p99_by_5s": _windows(load),
