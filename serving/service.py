@@ -1271,12 +1271,18 @@ class DispatchService:
         plan = await self._core_decline(s)  # the core re-plans at once
         if plan is None:
             return False
+        await self._publish_plan(info, plan)
+        return True
+
+    async def _publish_plan(self, info: Json, plan: PlanLike) -> None:
+        """Record a plan made without a sighting (a decline, time passing) as the incident's
+        current one and send it (caller holds the incident's lock)."""
+        incident_id = info["incident_id"]
         info["plan_version"] = int(plan.version)
         await self.state.put_incident(info)
         view = dict(await self.state.get_view(incident_id) or {})
         view["plan"] = await self._apply_plan(info, plan, received_ns=None)
         await self.state.put_view(incident_id, view)
-        return True
 
     async def replan(
         self, incident_id: str, *, skip_unchanged: bool = False, at: datetime | None = None
@@ -1309,11 +1315,7 @@ class DispatchService:
                 self.periodic_replans += 1
             if skip_unchanged and _same_assignment(plan, active, at, 2 * self.replan_s):
                 return False
-            info["plan_version"] = int(plan.version)
-            await self.state.put_incident(info)
-            view = dict(await self.state.get_view(incident_id) or {})
-            view["plan"] = await self._apply_plan(info, plan, received_ns=None)
-            await self.state.put_view(incident_id, view)
+            await self._publish_plan(info, plan)
             return True
 
     async def tick(self, *, force: bool = False) -> int:
