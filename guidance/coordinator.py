@@ -302,7 +302,11 @@ class Coordinator:
     # ------------------------------------------------------------------ planning
 
     def replan(self, incident_id: str, at: datetime) -> Plan:
-        """The incident's plan at ``at`` (the same plan when nothing changed since)."""
+        """The incident's plan at ``at`` (the same plan when nothing changed since). A plan's
+        time never goes back: an ``at`` before the last plan's time plans at that time."""
+        last = self._incident(incident_id).plan
+        if last is not None and last.at > at:
+            at = last.at
         plan = self._replan(incident_id, at)
         if plan is None:
             inc = self._incident(incident_id)

@@ -90,6 +90,9 @@ class InProcessBus:
         waiting: dict[str, list[Json]] = {}  # incident -> sightings queued behind its batch
         running: dict[str, asyncio.Task[None]] = {}
         slots = asyncio.Semaphore(max_inflight)
+        # Sightings taken off the queue and not yet handled (waiting or in a running batch) are
+        # at most the queue's size: when full, the queue fills and ``submit`` waits (back-pressure).
+        held = asyncio.Semaphore(self._queue.maxsize if self._queue.maxsize > 0 else 10_000)
 
         async def drive(incident: str, group: list[Json]) -> None:
             try:
@@ -98,6 +101,8 @@ class InProcessBus:
                         await handler(group)
                     except Exception:
                         log.exception("sighting handler failed on %s", group[0].get("source_event_id"))
+                    for _ in group:
+                        held.release()
                     queued = waiting.pop(incident, [])
                     group, rest = queued[:max_batch], queued[max_batch:]
                     if rest:
@@ -108,8 +113,10 @@ class InProcessBus:
 
         try:
             while True:
+                await held.acquire()
                 items = [await self._queue.get()]
-                while len(items) < max_batch and not self._queue.empty():
+                while len(items) < max_batch and not self._queue.empty() and not held.locked():
+                    await held.acquire()  # free: returns at once
                     items.append(self._queue.get_nowait())
                 groups: dict[str, list[Json]] = {}
                 for item in items:

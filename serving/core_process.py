@@ -161,12 +161,16 @@ def _child(
                 value = None
             else:
                 value = getattr(coordinator, name)(*args, **kwargs)
-            conn.send(("ok", value, sink.drain()))
         except BaseException as exc:
-            try:
-                conn.send(("err", exc, sink.drain()))
-            except Exception:  # an exception that does not pickle
-                conn.send(("err", RuntimeError(f"{type(exc).__name__}: {exc}"), sink.drain()))
+            kind, value = "err", exc
+        else:
+            kind = "ok"
+        records = sink.drain()  # once: every way of answering below carries the call's records
+        try:
+            conn.send((kind, value, records))
+        except Exception as exc:  # an answer that does not pickle
+            failure = RuntimeError(f"{name}: answer not sent ({type(exc).__name__}: {exc})")
+            conn.send(("err", failure, records))
 
 
 class CoreProcess:

@@ -287,6 +287,7 @@ class DispatchService:
         self.periodic_replans = 0  # core re-plans made because time advanced
         self.periodic_plans = 0  # of those, the plans published
         self.coalesce = coalesce
+        self._crew_sync_lock = asyncio.Lock()
         self._can_defer = ingest_accepts(coordinator, "replan")
         self._can_plan_at = ingest_accepts(coordinator, "plan_at")
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cordon-core")
@@ -595,6 +596,10 @@ class DispatchService:
         ``crew_refresh_s``. ``positions=False``: status changes only (the sighting path, when
         :meth:`tick` refreshes positions); the default is ``not self.positions_on_tick``.
         ``due``: push moved crews now, whatever the time since the last push (a tick)."""
+        async with self._crew_sync_lock:  # concurrent batches must not push crews out of order
+            await self._sync_crews_locked(at, positions=positions, due=due)
+
+    async def _sync_crews_locked(self, at: datetime | None, *, positions: bool | None, due: bool) -> None:
         if positions is None:
             positions = not self.positions_on_tick
         version, status_version = await self.state.crew_versions()
@@ -616,7 +621,7 @@ class DispatchService:
                 continue
             c = dict(c, _speed_factor=float(c.get("_speed_factor") or self.crew_speed_factor))
             objects.append(self._crew_factory(c, EdgePosition(int(c["_edge"]), float(c["_offset_m"]))))
-        # The Coordinator re-plans every open incident, and refuses one with no position yet.
+        # Without re-planning (each caller re-plans its own incident); a core may still refuse.
         with contextlib.suppress(NoBeliefError):
             await self._core(self.coordinator.set_crews, objects, now, replan=False)
         self._crew_status_key, self._crew_version, self._crews_pushed_at = status_key, version, now
@@ -670,7 +675,9 @@ class DispatchService:
             if deferred and getattr(applied[-1][1], "plan", None) is None:
                 # the batch's last sighting was a redelivery: plan with what was tracked
                 last_seen = info.get("_last_observed_at")
-                at = datetime.fromisoformat(last_seen) if last_seen else self.now()
+                at = self._plan_time(applied[-1][0])
+                if last_seen:
+                    at = max(at, datetime.fromisoformat(last_seen))
                 with contextlib.suppress(NoBeliefError):
                     plan = await self._core(self.coordinator.replan, incident_id, at)
                     sighting, _outcome, late, received_ns = applied[-1]
@@ -755,7 +762,8 @@ class DispatchService:
         crossing of the incident again, and stays available for other points. Returns the
         core's new plan (``None`` when the incident has no position yet)."""
         key = (str(s["crew_id"]), int(s["target_node"]))
-        self._declines.setdefault(s["incident_id"], set()).add(key)
+        given = self._declines.setdefault(s["incident_id"], set())
+        given.add(key)
         decline = getattr(self.coordinator, "decline", None)
         if decline is None:  # a core without declines (a stub)
             return None
@@ -772,6 +780,9 @@ class DispatchService:
         except (KeyError, ValueError) as exc:  # no position yet, incident closed in the core
             log.info("decline of %s by %s not planned: %s", s["suggestion_id"], key[0], exc)
             return None
+        except BaseException:
+            given.discard(key)  # not given: the next _sync_declines tries again
+            raise
 
     async def _publish_outcome(
         self,
@@ -1265,7 +1276,12 @@ class DispatchService:
         key = (str(s["crew_id"]), int(s["target_node"]))
         fresh = key not in self._declines.setdefault(incident_id, set())
         self._declines[incident_id].add(key)  # given below, after the ones it has not seen
-        await self._sync(info)
+        try:
+            await self._sync(info)
+        except BaseException:
+            if fresh:
+                self._declines[incident_id].discard(key)  # never given: a later sync gives it
+            raise
         if not fresh:
             return False
         plan = await self._core_decline(s)  # the core re-plans at once
@@ -1334,8 +1350,8 @@ class DispatchService:
             self._ticked_at = now
             return 0
         self._ticked_at, self._ticked_crew_version = now, version
-        # The crews' positions first: the core re-plans every open incident at ``now``, and
-        # the re-plans below at the same time get those plans back from its cache.
+        # The crews' positions first (one push, no re-plan), then each incident is re-planned
+        # in its own core call, so a sighting waits behind one incident's plan at most.
         await self._sync_crews(now, positions=True, due=True)
         published = 0
         for info in await self.state.incidents():
