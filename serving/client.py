@@ -61,8 +61,20 @@ class CordonClient:
     async def aclose(self) -> None:
         await self.http.aclose()
 
-    async def _call(self, method: str, path: str, *, json_body: Any = None, params: Any = None) -> Any:
-        response = await self.http.request(method, path, json=json_body, params=params)
+    async def _call(
+        self, method: str, path: str, *, json_body: Any = None, params: Any = None, retries: int = 0
+    ) -> Any:
+        """One REST call; ``retries``: times to try again after a transport error (a keep-alive
+        connection the server closed as the request went out), for idempotent requests only."""
+        for attempt in range(retries + 1):
+            try:
+                response = await self.http.request(method, path, json=json_body, params=params)
+                break
+            except httpx.TransportError as exc:
+                if attempt == retries:
+                    raise
+                log.info("%s %s: %s; trying again", method, path, type(exc).__name__)
+                await asyncio.sleep(0.05 * (attempt + 1))
         try:
             body = response.json()
         except ValueError:
@@ -139,11 +151,15 @@ class CordonClient:
         return result
 
     async def post_sighting(self, sighting: Json) -> Json:
-        result: Json = await self._call("POST", "/api/sightings", json_body=_jsonable(sighting))
+        """Post one sighting; tried again after a transport error (the server is idempotent on
+        its ``source_event_id``: a copy that got through is answered ``duplicate``)."""
+        result: Json = await self._call("POST", "/api/sightings", json_body=_jsonable(sighting), retries=2)
         return result
 
     async def post_sightings(self, sightings: Sequence[Json]) -> Json:
-        result: Json = await self._call("POST", "/api/sightings", json_body=[_jsonable(s) for s in sightings])
+        result: Json = await self._call(
+            "POST", "/api/sightings", json_body=[_jsonable(s) for s in sightings], retries=2
+        )
         return result
 
     async def put_crew(

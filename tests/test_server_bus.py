@@ -80,3 +80,32 @@ async def test_a_slow_handler_pushes_back_on_submit() -> None:
     with contextlib.suppress(asyncio.CancelledError):
         await task
     assert handled == list(range(100))
+
+
+async def test_the_client_posts_a_sighting_again_after_a_dropped_connection() -> None:
+    """A keep-alive connection the server closed as the request went out (httpx ``ReadError``):
+    sightings are idempotent on their source event id, so the client tries again; other calls
+    are not retried."""
+    import httpx
+
+    from serving.client import CordonClient
+
+    calls: list[str] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        calls.append(request.url.path)
+        if len(calls) == 1:
+            raise httpx.ReadError("connection closed by the server", request=request)
+        return httpx.Response(200, json={"source_event_id": "ev-1", "accepted": True})
+
+    client = CordonClient("http://cordon.test")
+    client.http = httpx.AsyncClient(base_url="http://cordon.test", transport=httpx.MockTransport(handle))
+    try:
+        ack = await client.post_sighting({"incident_id": "inc", "source_event_id": "ev-1"})
+        assert ack["accepted"] and calls == ["/api/sightings", "/api/sightings"]
+        calls.clear()
+        with pytest.raises(httpx.ReadError):
+            await client.health()
+        assert calls == ["/api/health"]
+    finally:
+        await client.aclose()
