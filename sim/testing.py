@@ -125,3 +125,19 @@ def scenario_on(city: City, **fields: Any) -> Scenario:
 def place(city: City, node: int) -> dict[str, float]:
     """``{"lon", "lat"}`` of a crossing, for scenario fields."""
     return {"lon": float(city.graph.node_lonlat[node, 0]), "lat": float(city.graph.node_lonlat[node, 1])}
+
+
+def small_guidance_scenario(seed: int, *, duration_s: float, **extra: Any) -> Scenario:
+    """Four crews within 2 km, an incident at least 60 s from any exit, every camera detecting:
+    the guidance policy's scenario in the simulator's tests."""
+    return Scenario.model_validate(
+        {
+            "crews": {"count": 4, "area": {"radius_m": 2000, "min_distance_m": 200}},
+            "incident": {"min_exit_time_s": 60},
+            "camera_model": {"p_detect": 1.0},
+            "policy": "guidance",
+            "duration_s": duration_s,
+            "seed": seed,
+            **extra,
+        }
+    )

@@ -16,24 +16,14 @@ from sim.bounds import perfect_knowledge
 from sim.policies import SIM_REPLAN_GAP_S, GuidancePolicy, make_policy, sim_coordinator
 from sim.replay import replay_records
 from sim.scenario import Scenario
-from sim.testing import grid_city
+from sim.testing import grid_city, small_guidance_scenario
 from sim.world import CityContext, World
 
 GRID = grid_city(cameras=40)
 
 
 def _scenario(seed: int, duration_s: float = 200.0, **extra: Any) -> Scenario:
-    return Scenario.model_validate(
-        {
-            "crews": {"count": 4, "area": {"radius_m": 2000, "min_distance_m": 200}},
-            "incident": {"min_exit_time_s": 60},
-            "camera_model": {"p_detect": 1.0},
-            "policy": "guidance",
-            "duration_s": duration_s,
-            "seed": seed,
-            **extra,
-        }
-    )
+    return small_guidance_scenario(seed, duration_s=duration_s, **extra)
 
 
 class _PlanClock(Coordinator):

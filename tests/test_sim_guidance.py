@@ -19,7 +19,7 @@ from sim.outcomes import recompute
 from sim.policies import GuidancePolicy, coordinator_for, make_policy, sim_coordinator
 from sim.replay import read_replay, replay_records, write_replay
 from sim.scenario import Scenario
-from sim.testing import grid_city
+from sim.testing import grid_city, small_guidance_scenario
 from sim.world import CityContext, World
 
 GRID = grid_city(cameras=40)
@@ -47,16 +47,7 @@ class SpyCoordinator(Coordinator):
 
 
 def _scenario(seed: int, duration_s: float = 150.0) -> Scenario:
-    return Scenario.model_validate(
-        {
-            "crews": {"count": 4, "area": {"radius_m": 2000, "min_distance_m": 200}},
-            "incident": {"min_exit_time_s": 60},
-            "camera_model": {"p_detect": 1.0},
-            "policy": "guidance",
-            "duration_s": duration_s,
-            "seed": seed,
-        }
-    )
+    return small_guidance_scenario(seed, duration_s=duration_s)
 
 
 def test_make_policy_builds_the_servers_coordinator() -> None:
