@@ -32,9 +32,11 @@ import itertools
 import json
 import sys
 import time
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -247,6 +249,8 @@ def run_map(name: str, city: City, reps: int, seed: int) -> dict[str, object]:
 SERVER_CREWS = 300
 SERVER_INCIDENTS = 25
 SERVER_SPEED_FACTOR = 1.2  # serving.service's default crew_speed_factor
+SERVER_CREW_REFRESH_S = 10.0  # serving.service's default crew_refresh_s
+PATROL_SPEED = 0.6  # a patrolling crew's speed, share of the edge's free-flow speed
 
 
 def incident_routes(city: City, n: int, rng: np.random.Generator) -> list[list[tuple[str, float]]]:
@@ -275,14 +279,79 @@ def incident_routes(city: City, n: int, rng: np.random.Generator) -> list[list[t
     return out
 
 
-def run_server_like(city: City, seed: int) -> dict[str, object]:
+class Patrol:
+    """Crews driving around: each advances along its edge at ``PATROL_SPEED`` x the edge's
+    free-flow speed and, at the edge's end, takes a random edge out of its head (a U-turn only
+    at a dead end). Deterministic for a seed."""
+
+    def __init__(self, graph: CompiledGraph, crews: list[Crew], rng: np.random.Generator) -> None:
+        self.graph = graph
+        self.crews = crews
+        self.rng = rng
+
+    def advance(self, dt_s: float) -> list[Crew]:
+        g = self.graph
+        out = []
+        for c in self.crews:
+            e, off, left = c.position.edge, c.position.offset_m, dt_s
+            while left > 0:
+                speed = PATROL_SPEED * float(g.edge_length_m[e] / max(g.edge_time_s[e], 1e-9))
+                rest = float(g.edge_length_m[e]) - off
+                if speed * left < rest:
+                    off += speed * left
+                    break
+                left -= rest / max(speed, 1e-9)
+                outs = g.out_of(int(g.edge_v[e]))
+                forward = outs[g.edge_v[outs] != g.edge_u[e]]
+                e, off = int(self.rng.choice(forward if forward.size else outs)), 0.0
+            out.append(Crew(c.crew_id, EdgePosition(int(e), off), speed_factor=c.speed_factor))
+        self.crews = out
+        return out
+
+
+class ComparingPlanner(InterceptionPlanner):
+    """Plans as usual, and also plans the same inputs over every crew (no shortlist) to record
+    the ratio of coverages; ``reference_cpu_s`` is the CPU time of those extra plans (to be
+    taken off the timings)."""
+
+    def __init__(self, city: City) -> None:
+        super().__init__(city)
+        self.reference = InterceptionPlanner(city, replace(self.config, crew_shortlist=0))
+        self.reference_cpu_s = 0.0
+        self.ratios: list[float] = []
+
+    def plan(self, prediction: EscapePrediction, crews: Sequence[Crew], **kwargs: Any) -> Plan:
+        out = super().plan(prediction, crews, **kwargs)
+        c0 = time.thread_time()
+        ref = self.reference.plan(prediction, crews, **kwargs)
+        self.reference_cpu_s += time.thread_time() - c0
+        if (
+            ref.coverage_probability > 0
+            and out.parameters["n_shortlisted_crews"] != out.parameters["n_eligible_crews"]
+        ):
+            self.ratios.append(out.coverage_probability / ref.coverage_probability)
+        return out
+
+
+def run_server_like(
+    city: City, seed: int, *, move_every_s: float | None = None, compare: bool = False
+) -> dict[str, object]:
     """The server's case (issue 6): one Coordinator, 300 crews spread over the map (the
     service's speed factor), 25 incidents opened without a position, their sightings
     interleaved in time order; CPU time of each ``Coordinator.ingest`` (predict + plan of its
-    incident, crews busy on the other incidents' plans are not offered)."""
+    incident, crews busy on the other incidents' plans are not offered).
+
+    ``move_every_s``: crews patrol (:class:`Patrol`) and their positions are pushed with
+    ``set_crews(replan=False)`` before a sighting when at least this many simulated seconds
+    passed since the last push (the service's ``crew_refresh_s``); the push is not timed.
+    ``compare``: each plan is also made over every crew (untimed), for the coverage ratio of
+    the shortlist (``PlannerConfig.crew_shortlist``)."""
     g = city.graph
     rng = np.random.default_rng(seed)
     co = Coordinator(city)
+    comparing = ComparingPlanner(city) if compare else None
+    if comparing is not None:
+        co.planner = comparing
     edges = rng.choice(g.n_edges, SERVER_CREWS, replace=False)
     crews = [
         Crew(
@@ -304,19 +373,30 @@ def run_server_like(city: City, seed: int) -> dict[str, object]:
     cpu_ms: list[float] = []
     wall_ms: list[float] = []
     suggestions = 0
+    patrol = Patrol(g, crews, np.random.default_rng(seed + 1))
+    pushed_s = 0.0
+    pushes = 0
     for t, incident_id, camera_id, k in events:
+        if move_every_s is not None and t - pushed_s >= move_every_s:
+            co.set_crews(patrol.advance(t - pushed_s), T0 + timedelta(seconds=round(t, 3)), replan=False)
+            pushed_s = t
+            pushes += 1
         sighting = Sighting(
             incident_id=incident_id,
             camera_id=camera_id,
             observed_at=T0 + timedelta(seconds=round(t, 3)),
             source_event_id=f"{incident_id}-{k}",
         )
+        extra_s = comparing.reference_cpu_s if comparing is not None else 0.0
         c0, t0 = time.thread_time(), time.perf_counter()
         outcome = co.ingest(sighting)
-        cpu_ms.append((time.thread_time() - c0) * 1e3)
-        wall_ms.append((time.perf_counter() - t0) * 1e3)
+        c1, t1 = time.thread_time(), time.perf_counter()
+        if comparing is not None:
+            extra_s = comparing.reference_cpu_s - extra_s
+        cpu_ms.append((c1 - c0 - extra_s) * 1e3)
+        wall_ms.append((t1 - t0 - extra_s) * 1e3)
         suggestions += len(outcome.plan.suggestions) if outcome.plan is not None else 0
-    return {
+    out: dict[str, object] = {
         "crews": SERVER_CREWS,
         "incidents": SERVER_INCIDENTS,
         "crossings": g.n_nodes,
@@ -326,7 +406,16 @@ def run_server_like(city: City, seed: int) -> dict[str, object]:
         "ingest_cpu_ms_p99": pct(cpu_ms, 99),
         "ingest_wall_ms_mean": float(np.mean(wall_ms)),
         "suggestions_per_ingest": suggestions / max(len(cpu_ms), 1),
+        "crew_pushes": pushes,
+        "move_every_s": move_every_s,
+        "crew_shortlist": co.planner.config.crew_shortlist,
     }
+    if comparing is not None:
+        r = np.array(comparing.ratios)
+        out["shortlisted_plans"] = int(r.size)
+        out["shortlist_coverage_ratio_mean"] = float(r.mean()) if r.size else float("nan")
+        out["shortlist_coverage_ratio_min"] = float(r.min()) if r.size else float("nan")
+    return out
 
 
 def main() -> None:
@@ -373,18 +462,37 @@ def main() -> None:
         print(NOTES)
     if harrisburg.exists():
         city = load_city(harrisburg, cache_dir="/tmp/cordon-bench-cache")
-        s = run_server_like(city, seed=200)
-        results["server_like_harrisburg"] = s
-        print(
-            f"server-like (harrisburg, {s['crews']} crews, {s['incidents']} incidents, "
-            f"{s['ingests']} ingests): "
-            f"ingest cpu mean {s['ingest_cpu_ms_mean']:.1f} ms, p50 {s['ingest_cpu_ms_p50']:.1f}, "
-            f"p99 {s['ingest_cpu_ms_p99']:.1f}, wall mean {s['ingest_wall_ms_mean']:.1f}; "
-            f"{s['suggestions_per_ingest']:.1f} suggestions per plan",
-            flush=True,
-        )
+        for key, move in (
+            ("server_like_harrisburg", None),
+            ("server_like_harrisburg_moving", SERVER_CREW_REFRESH_S),
+        ):
+            s = run_server_like(city, seed=200, move_every_s=move)
+            if move is not None:  # the same run again, comparing each plan with the unshortlisted one
+                q = run_server_like(city, seed=200, move_every_s=move, compare=True)
+                s.update({k: v for k, v in q.items() if k.startswith("shortlist")})
+            results[key] = s
+            crews_how = "still" if move is None else f"patrolling, pushed every {move:.0f} s"
+            print(
+                f"server-like (harrisburg, {s['crews']} crews {crews_how}, {s['incidents']} incidents, "
+                f"{s['ingests']} ingests): "
+                f"ingest cpu mean {s['ingest_cpu_ms_mean']:.1f} ms, p50 {s['ingest_cpu_ms_p50']:.1f}, "
+                f"p99 {s['ingest_cpu_ms_p99']:.1f}, wall mean {s['ingest_wall_ms_mean']:.1f}; "
+                f"{s['suggestions_per_ingest']:.1f} suggestions per plan",
+                flush=True,
+            )
+            if "shortlisted_plans" in s:
+                print(
+                    f"  crew shortlist {s['crew_shortlist']}: {s['shortlisted_plans']} plans shortlisted, "
+                    f"coverage / unshortlisted: mean {s['shortlist_coverage_ratio_mean']:.4f}, "
+                    f"min {s['shortlist_coverage_ratio_min']:.4f}",
+                    flush=True,
+                )
     out: Path = args.out
     out.parent.mkdir(parents=True, exist_ok=True)
+    if args.server_only and out.exists():  # keep the other rows of an earlier full run
+        earlier = json.loads(out.read_text())
+        earlier.update(results)
+        results = earlier
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {out}")
 

@@ -10,7 +10,9 @@ sampled escape routes that pass a manned point after the crew got there with the
 (:mod:`guidance.coverage`); crews thus spread over distinct routes, and a point behind the
 suspect is never a candidate (nobody is sent to chase). A suggestion's
 ``suspect_earliest_eta_s`` is the earliest arrival among the routes it covers. Targets from the
-previous plan are kept unless the fresh plan covers clearly more (hysteresis).
+previous plan are kept unless the fresh plan covers clearly more (hysteresis). With many crews,
+only a shortlist of them is considered (``PlannerConfig.crew_shortlist``): the fastest ones to
+the likeliest candidate crossings, and those of the previous plan.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ from map_data.network_types import City
 from map_data.routing import path_from_predecessors, path_lonlat
 from map_data.types import BoolArray, CompiledGraph, FloatArray, IntArray
 
-PLANNER_VERSION = "max-coverage/3"
+PLANNER_VERSION = "max-coverage/4"
 _CREW_CACHE_BYTES = 64 * 2**20  # Dijkstra rows kept by an InterceptionPlanner (cleared when full)
 _ROUTE_CACHE_SIZE = 4096  # suggestion routes and labels kept by an InterceptionPlanner (cleared when full)
 _REVERSE_PRUNE_MIN = 64  # crews left after the straight-line test that justify one reverse Dijkstra
@@ -163,12 +165,34 @@ class _PointTimes:
     predecessors: dict[int, IntArray]
     searched: BoolArray
     free_flow_limit: float
+    shortlisted: IntArray | None = None  # the crews of the shortlist, when one was made
 
     @property
     def eta_s(self) -> FloatArray:
         """Crews × points."""
         out: FloatArray = self.eta_nodes[:, self.at_node]
         return out
+
+    def subset(self, crews: IntArray) -> _PointTimes:
+        """The times of the crews ``crews`` (indices, increasing), renumbered from 0."""
+        preds = {i: self.predecessors[c] for i, c in enumerate(crews.tolist()) if c in self.predecessors}
+        return _PointTimes(
+            self.eta_nodes[crews],
+            self.at_node,
+            self.heads[crews],
+            preds,
+            self.searched[crews],
+            self.free_flow_limit,
+        )
+
+
+@dataclass(frozen=True, eq=False)
+class _ShortlistInput:
+    """What :meth:`InterceptionPlanner._shortlist` needs besides the crews and the points."""
+
+    pass_probability: FloatArray
+    declined: Sequence[tuple[int, int]]  # (crew index, crossing)
+    protected: Collection[int]  # crew indices always in
 
 
 def _latest_start_slack(reverse_csr: sp.csr_matrix, targets: IntArray, budget: FloatArray) -> FloatArray:
@@ -198,7 +222,8 @@ def _polyline(graph: CompiledGraph, edges: Sequence[int]) -> tuple[tuple[float, 
     lengths = ends - starts
     before = np.cumsum(lengths) - lengths
     idx = np.arange(int(lengths.sum())) + np.repeat(starts - before, lengths)
-    return tuple((x, y) for x, y in graph.geom_lonlat[idx].tolist())
+    pts = graph.geom_lonlat[idx]
+    return tuple(zip(pts[:, 0].tolist(), pts[:, 1].tolist(), strict=True))
 
 
 def _bearing_deg(xy: FloatArray) -> float:
@@ -342,14 +367,21 @@ class InterceptionPlanner:
         return quant
 
     def _point_times(
-        self, crews: Sequence[Crew], pt_node: IntArray, tau: FloatArray, keep: Collection[int]
+        self,
+        crews: Sequence[Crew],
+        pt_node: IntArray,
+        tau: FloatArray,
+        keep: Collection[int],
+        *,
+        shortlist: _ShortlistInput | None = None,
     ) -> _PointTimes:
         """ETAs of ``crews`` at the points (crossings ``pt_node`` with time thresholds ``tau``).
 
         With ``prune_crews``, a crew that cannot be in time for any point (:meth:`_may_reach`)
         is not searched: its ETAs stay inf and it holds, as it would have anyway, so the plan is
         the one without pruning. The crews of ``keep`` (kept targets, which need only
-        ``keep_margin_s``) are always searched."""
+        ``keep_margin_s``) are always searched. With ``shortlist``, only the crews of
+        :meth:`_shortlist` are searched (``shortlisted`` then lists them)."""
         cfg = self.config
         g = self.graph
         C, P = len(crews), int(pt_node.size)
@@ -362,9 +394,24 @@ class InterceptionPlanner:
         limit_s = cfg.max_crew_travel_s
         free_flow_limit = float(limit_s * factors.max())
         search = np.ones(C, dtype=bool)
+        # A shortlist searches few crews anyway, and never one that cannot be in time.
+        shortlisting = (
+            shortlist is not None
+            and cfg.crew_shortlist > 0
+            and max(cfg.crew_shortlist, min(cfg.max_crews_per_incident, C)) < C
+        )
         if self.prune_crews:
-            search = self._may_reach(heads, remaining, factors, pt_node, tau, free_flow_limit)
+            search = self._may_reach(
+                heads, remaining, factors, pt_node, tau, free_flow_limit, reverse=not shortlisting
+            )
             search[np.array(sorted(keep), dtype=np.int64)] = True
+        short = None
+        if shortlist is not None:
+            short = self._shortlist(heads, remaining, factors, search, pt_node, tau, shortlist)
+            if short is not None:
+                in_short = np.zeros(C, dtype=bool)
+                in_short[short] = True
+                search &= in_short
         idx = np.flatnonzero(search)
         rows = _dijkstra_rows(g, heads[idx], free_flow_limit, self._crew_rows)
         if idx.size and P:
@@ -376,7 +423,93 @@ class InterceptionPlanner:
             sub[sub > limit_s] = np.inf
             eta[idx] = sub
         preds = {int(i): r[1] for i, r in zip(idx.tolist(), rows, strict=True)}
-        return _PointTimes(eta, at_node, heads, preds, search, free_flow_limit)
+        return _PointTimes(eta, at_node, heads, preds, search, free_flow_limit, short)
+
+    def _shortlist(
+        self,
+        heads: IntArray,
+        remaining: FloatArray,
+        factors: FloatArray,
+        candidates: BoolArray,
+        pt_node: IntArray,
+        tau: FloatArray,
+        inputs: _ShortlistInput,
+    ) -> IntArray | None:
+        """The crews a plan considers (indices, increasing), or ``None`` for all of them.
+
+        Only with more crews than ``PlannerConfig.crew_shortlist`` (and than
+        ``max_crews_per_incident``). In rounds: each crossing takes the fastest of the
+        ``candidates`` crews not taken yet, if it can be in time for some point of it (ETA +
+        margin at most the crossing's latest threshold) and did not decline it; the likeliest
+        crossing's crew first, until the shortlist is full, for at most
+        ``max_crews_per_incident`` rounds. After that many rounds every crossing has that many
+        shortlisted crews at least as fast as any other crew (declines aside): some of them is
+        always free to take another's place, so the others are never needed for the best
+        coverage. A round is one Dijkstra from all its crews at once (per speed factor), not
+        one per crew. ``inputs.protected`` crews (those of the previous plan) are always in."""
+        cfg = self.config
+        g = self.graph
+        C = heads.size
+        M = min(cfg.max_crews_per_incident, C)
+        size = max(cfg.crew_shortlist, M)
+        if cfg.crew_shortlist <= 0 or size >= C:
+            return None
+        chosen = np.zeros(C, dtype=bool)
+        chosen[np.array(sorted(inputs.protected), dtype=np.int64)] = True
+        n_chosen = int(chosen.sum())
+        latest_at = np.full(g.n_nodes, -np.inf)
+        np.maximum.at(latest_at, pt_node, tau)
+        nodes = np.unique(pt_node)
+        nodes = nodes[np.lexsort((nodes, -inputs.pass_probability[nodes]))]  # likeliest first
+        latest = latest_at[nodes]
+        refused = {(int(ci), int(v)) for ci, v in inputs.declined}
+        n = g.n_nodes
+        # Each crew is a node of its own, joined to its edge's head by the time left on its edge.
+        base = g.time_csr
+        augmented = sp.csr_matrix(
+            (
+                np.r_[base.data, remaining + 1e-9],
+                np.r_[base.indices, heads].astype(base.indices.dtype, copy=False),
+                np.r_[base.indptr, base.indptr[-1] + np.arange(1, C + 1)],
+            ),
+            shape=(n + C, n + C),
+        )
+        groups = sorted(set(factors[candidates].tolist()))
+        for _ in range(M):
+            if n_chosen >= size:
+                break
+            best_eta = np.full(nodes.size, np.inf)
+            best_crew = np.full(nodes.size, -1, dtype=np.int64)
+            for f in groups:
+                src = np.flatnonzero(candidates & ~chosen & (factors == f))
+                if src.size == 0:
+                    continue
+                d, _, origin = dijkstra(
+                    augmented,
+                    directed=True,
+                    indices=n + src,
+                    limit=cfg.max_crew_travel_s * f,
+                    min_only=True,
+                    return_predecessors=True,
+                )
+                e = d[nodes] / f
+                better = e < best_eta
+                best_eta[better] = e[better]
+                best_crew[better] = origin[nodes][better] - n
+            ok = (best_crew >= 0) & (best_eta + cfg.safety_margin_s <= latest)
+            if refused:
+                for j in np.flatnonzero(ok).tolist():
+                    if (int(best_crew[j]), int(nodes[j])) in refused:
+                        ok[j] = False
+            if not ok.any():
+                break
+            ranked = best_crew[ok]
+            _, first = np.unique(ranked, return_index=True)
+            new = ranked[np.sort(first)][: size - n_chosen]
+            chosen[new] = True
+            n_chosen += int(new.size)
+        out: IntArray = np.flatnonzero(chosen)
+        return out
 
     def _max_speed_mps(self) -> float:
         """The largest straight-line speed of any edge (chord / travel time): no path is faster,
@@ -397,6 +530,8 @@ class InterceptionPlanner:
         pt_node: IntArray,
         tau: FloatArray,
         free_flow_limit: float,
+        *,
+        reverse: bool = True,
     ) -> BoolArray:
         """Crews that may be in time for some point (a necessary condition, never approximate).
 
@@ -409,7 +544,8 @@ class InterceptionPlanner:
            least the distance to the candidates' bounding box, against the largest budget
            (costs next to nothing);
         2. when more than ``_REVERSE_PRUNE_MIN`` of the crews left would need a new search (not
-           in the planner's cache of Dijkstra rows): one Dijkstra on the reversed graph
+           in the planner's cache of Dijkstra rows), unless ``reverse`` is false (a shortlist
+           will search few crews): one Dijkstra on the reversed graph
            from all candidate crossings gives, for every node, ``max_v (F budget(v) - d(u, v))``
            (F the fastest crew's factor), so each crew is tested against every crossing at once.
         """
@@ -432,8 +568,12 @@ class InterceptionPlanner:
             xy = g.node_xy[heads]
             gap = np.maximum(np.maximum(lo - xy, xy - hi), 0.0)
             search &= np.hypot(gap[:, 0], gap[:, 1]) / speed <= reach_ff
-        fresh = sum((int(h), free_flow_limit) not in self._crew_rows for h in heads[search].tolist())
-        if fresh > _REVERSE_PRUNE_MIN:
+        fresh = (
+            sum((int(h), free_flow_limit) not in self._crew_rows for h in heads[search].tolist())
+            if reverse
+            else 0
+        )
+        if reverse and fresh > _REVERSE_PRUNE_MIN:
             if self._reverse_csr is None:
                 self._reverse_csr = sp.csr_matrix(g.time_csr.T)
             slack = _latest_start_slack(
@@ -613,7 +753,33 @@ class InterceptionPlanner:
             keep_pt &= ~same
         pt_node, pt_level, tau = pt_node[keep_pt], pt_level[keep_pt], tau[keep_pt]
 
-        times = self._point_times(eligible, pt_node, tau, keep={ci for ci, _ in previous_pairs})
+        if previous is not None:
+            protected = {index[s.crew_id] for s in previous.suggestions if s.crew_id in index}
+        else:
+            protected = set()
+        times = self._point_times(
+            eligible,
+            pt_node,
+            tau,
+            keep={ci for ci, _ in previous_pairs},
+            shortlist=_ShortlistInput(
+                prediction.pass_probability,
+                [(index[c], v) for c, v in sorted(declined) if c in index],
+                protected,
+            ),
+        )
+        n_eligible = len(eligible)
+        not_shortlisted: list[Crew] = []
+        short = times.shortlisted
+        if short is not None:
+            in_short = np.zeros(len(eligible), dtype=bool)
+            in_short[short] = True
+            not_shortlisted = [c for c, keep in zip(eligible, in_short.tolist(), strict=True) if not keep]
+            renumber = np.cumsum(in_short) - 1
+            previous_pairs = [(int(renumber[ci]), v) for ci, v in previous_pairs if in_short[ci]]
+            eligible = [eligible[i] for i in short.tolist()]
+            index = {c.crew_id: i for i, c in enumerate(eligible)}
+            times = times.subset(short)
         # Points no crew can be in time for (the earliest crew at the crossing, plus the margin,
         # is after ``tau``) are dropped before the crews × points matrices are built; the points
         # of previous targets stay (a kept target needs only ``keep_margin_s``).
@@ -693,26 +859,38 @@ class InterceptionPlanner:
             pair_bonus=bonus,
             point_reliability=cfg.point_reliability,
         )
-        fresh = lazy_greedy(problem, min_gain=cfg.min_gain)
-        chosen: CoverageSolution = fresh
         kept_ids: set[str] = set()
         kept_value: float | None = None
+        fresh_value: float | None = None
+        chosen: CoverageSolution | None = None
         if kept_pairs:
             fixed = dict(sorted(kept_pairs.items())[: problem.max_assignments])
             kept = lazy_greedy(problem, fixed=fixed, min_gain=cfg.min_gain)
             kept_value = kept.value
-            if not fresh.value > kept.value + cfg.hysteresis + 1e-12:
+            # A fresh plan covers at most the routes of all the points (each is in some crew's
+            # reach): when those are not more than the hysteresis above the kept plan, the kept
+            # plan is chosen whatever the fresh one, which is then not computed.
+            all_routes = float(weights[np.unique(incidence.indices)].sum())
+            if all_routes <= kept.value + cfg.hysteresis:
                 chosen = kept
                 kept_ids = {eligible[ci].crew_id for ci in fixed}
-            else:
-                chosen = _align_with_previous(fresh, kept_pairs, feasible)
-                kept_ids = {
-                    eligible[ci].crew_id for ci, pj in kept_pairs.items() if chosen.assignment[ci] == pj
-                }
+        if chosen is None:
+            fresh = lazy_greedy(problem, min_gain=cfg.min_gain)
+            fresh_value = fresh.value
+            chosen = fresh
+            if kept_pairs:
+                if not fresh.value > kept.value + cfg.hysteresis + 1e-12:
+                    chosen = kept
+                    kept_ids = {eligible[ci].crew_id for ci in fixed}
+                else:
+                    chosen = _align_with_previous(fresh, kept_pairs, feasible)
+                    kept_ids = {
+                        eligible[ci].crew_id for ci, pj in kept_pairs.items() if chosen.assignment[ci] == pj
+                    }
 
         exits = set(prediction.samples.destinations[prediction.samples.left].tolist())
         suggestions: list[Suggestion] = []
-        holds: list[str] = []
+        holds: list[str] = [c.crew_id for c in not_shortlisted]
         for ci, crew in enumerate(eligible):
             pj = chosen.assignment[ci]
             if pj < 0:
@@ -736,6 +914,7 @@ class InterceptionPlanner:
                     kept=crew.crew_id in kept_ids,
                 )
             )
+        holds.sort()
         parameters: dict[str, object] = dict(cfg.as_dict())
         parameters.update(
             {
@@ -745,8 +924,9 @@ class InterceptionPlanner:
                 "n_points": int(P),
                 "arrival_levels": list(cfg.arrival_levels),
                 "point_reliability": cfg.point_reliability,
-                "n_eligible_crews": len(eligible),
-                "fresh_coverage": fresh.value,
+                "n_eligible_crews": n_eligible,
+                "n_shortlisted_crews": len(eligible),
+                "fresh_coverage": fresh_value,
                 "kept_coverage": kept_value,
                 "kept_previous": bool(kept_ids),
                 "no_go": [a.name for a in no_go if a.is_active(at)],

@@ -271,6 +271,15 @@ class PlannerConfig:
     leave idle back up the likeliest routes with a second manned point (each route counts
     ``1 - (1 - reliability)^n`` for ``n`` manned points); the plan's ``coverage_probability``
     stays the share of routes passing at least one manned point. 1 is plain max-coverage.
+
+    ``crew_shortlist``: with more eligible crews than this (and than ``max_crews_per_incident``),
+    the plan only considers a shortlist of them, made in rounds: each candidate crossing, the
+    likeliest first, takes the fastest crew not taken yet that can be in time there, until the
+    shortlist is full or ``max_crews_per_incident`` rounds are done; every crew of the previous
+    plan is in. The others hold. A crew left out after all the rounds is never needed for the
+    best coverage (each crossing it could reach has that many shortlisted crews at least as
+    fast); a shortlist full before that is an approximation (``bench/guidance.py`` compares it
+    with the plan over every crew). 0 = every eligible crew.
     """
 
     safety_margin_s: float = 20.0
@@ -285,6 +294,7 @@ class PlannerConfig:
     expiry_slack_s: float = 30.0
     arrival_levels: tuple[float, ...] = (0.0, 0.25, 0.5)
     point_reliability: float = 1.0
+    crew_shortlist: int = 48
 
     def __post_init__(self) -> None:
         for name in (
@@ -303,6 +313,8 @@ class PlannerConfig:
             )
         if not self.max_crew_travel_s > 0:
             raise GuidanceError(f"PlannerConfig.max_crew_travel_s must be > 0, got {self.max_crew_travel_s}")
+        if self.crew_shortlist < 0:
+            raise GuidanceError(f"PlannerConfig.crew_shortlist must be >= 0, got {self.crew_shortlist}")
         if self.max_candidates < 1:
             raise GuidanceError(f"PlannerConfig.max_candidates must be >= 1, got {self.max_candidates}")
         levels = self.arrival_levels
@@ -332,6 +344,7 @@ class PlannerConfig:
             "max_candidates": self.max_candidates,
             "min_gain": self.min_gain,
             "expiry_slack_s": self.expiry_slack_s,
+            "crew_shortlist": self.crew_shortlist,
         }
 
 

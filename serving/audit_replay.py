@@ -65,6 +65,7 @@ _PLANNER_KEYS = (
     "max_candidates",
     "min_gain",
     "expiry_slack_s",
+    "crew_shortlist",
 )
 
 

@@ -96,8 +96,12 @@ def test_pruned_plans_equal_unpruned_plans(
     for k in range(6):
         pred = predict(city, predictor, k)
         crews = spread_crews(city, 80, seed=k)
+        # Every crew (no shortlist, which searches fewer crews in its own way).
         config = PlannerConfig(
-            max_crew_travel_s=[60.0, 120.0, 240.0][k % 3], max_wait_s=60.0, max_crews_per_incident=8
+            max_crew_travel_s=[60.0, 120.0, 240.0][k % 3],
+            max_wait_s=60.0,
+            max_crews_per_incident=8,
+            crew_shortlist=0,
         )
         counter.heads = 0
         pruned = three_plans(InterceptionPlanner(city, config), pred, crews)
@@ -149,9 +153,9 @@ def points_of(planner: InterceptionPlanner, pred: EscapePrediction, crews: list[
     captured: dict[str, Any] = {}
     original = planner._point_times
 
-    def capture(cs: Any, pt_node: Any, tau: Any, keep: Any) -> Any:
+    def capture(cs: Any, pt_node: Any, tau: Any, keep: Any, **kwargs: Any) -> Any:
         captured["pt"] = (pt_node.copy(), tau.copy())
-        return original(cs, pt_node, tau, keep)
+        return original(cs, pt_node, tau, keep, **kwargs)
 
     planner._point_times = capture  # type: ignore[method-assign,assignment]
     try:

@@ -120,6 +120,9 @@ class Tracker:
         self._keys: list[tuple[float, str]] = []
         self._steps: list[_Step] = []
         self._outcome: dict[str, tuple[bool, SightingFlag | None]] = {}
+        # The last belief asked for, by (time, number of sightings): a belief is a function of
+        # the set of sightings (which only grows) and the time.
+        self._last_belief: tuple[float, int, Belief] | None = None
 
     # ------------------------------------------------------------------ updates
 
@@ -298,11 +301,22 @@ class Tracker:
 
         Raises :class:`tracking.errors.NoBeliefError` when nothing is known yet.
         """
-        hyps = self.hypotheses(at)
+        _check_aware(at, "at")
         t_s = at.timestamp()
+        last = self._last_belief
+        if (
+            last is not None
+            and last[0] == t_s
+            and last[1] == len(self._keys)
+            and last[2].at.tzinfo == at.tzinfo
+        ):
+            return last[2]
+        hyps = self.hypotheses(at)
         k = bisect.bisect_right(self._keys, (t_s, "\U0010ffff"))
         step = self._steps[k - 1] if k > 0 else None
-        return self._summarise(hyps, at, step)
+        belief = self._summarise(hyps, at, step)
+        self._last_belief = (t_s, len(self._keys), belief)
+        return belief
 
     def _summarise(self, h: Hypotheses, at: datetime, step: _Step | None) -> Belief:
         ctx = self._ctx
