@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import itertools
 import json
 import os
@@ -47,6 +48,7 @@ from serving.auth import Role, TokenIssuer  # noqa: E402
 from serving.client import Console, CordonClient, Tablet  # noqa: E402
 
 SECRET = b"bench-server-load-secret-0123456789abcdef"
+STAGES = "cordon_sighting_stage_seconds"
 MAPS = Path(os.environ.get("CORDON_SHARED_MAPS", ROOT.parent / "shared" / "maps"))
 
 
@@ -227,6 +229,20 @@ class ServerProcess:
             out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / ticks
         return out
 
+    def run_delay_s(self) -> dict[str, float]:
+        """Seconds the server's threads (``server``) and its child processes (``children``)
+        spent runnable but waiting for a CPU (``/proc/.../schedstat``): on a shared machine,
+        the time other programs took from them."""
+        out = {"server": 0.0, "children": 0.0}
+        tasks = [("server", t) for t in Path(f"/proc/{self.proc.pid}/task").iterdir()]
+        for pid in self.children():
+            with contextlib.suppress(OSError):
+                tasks += [("children", t) for t in Path(f"/proc/{pid}/task").iterdir()]
+        for name, task in tasks:
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                out[name] += int((task / "schedstat").read_text().split()[1]) / 1e9
+        return out
+
     def rss_mb(self) -> tuple[float, float]:
         status = Path(f"/proc/{self.proc.pid}/status").read_text()
         rss = int(re.search(r"VmRSS:\s+(\d+)", status).group(1))  # type: ignore[union-attr]
@@ -359,9 +375,11 @@ async def main_async(args: argparse.Namespace, *, stub: bool) -> dict[str, Any]:
                 if message.get("type") in ("suggestion", "suggestion_update", "suggestion_retracted"):
                     received.setdefault(crew_id, set()).add(int(message["seq"]))
                 if message.get("type") in ("suggestion", "suggestion_update") and message.get("sighting_id"):
-                    key = str(message["sighting_id"])  # the sighting whose plan this is
-                    if key not in first:
-                        first[key] = time.time()
+                    # the sightings whose plan this is (several, when the server coalesced them)
+                    now = time.time()
+                    for key in message.get("sighting_ids") or [message["sighting_id"]]:
+                        if key not in first:
+                            first[key] = now
 
             return handle
 
@@ -413,6 +431,8 @@ async def main_async(args: argparse.Namespace, *, stub: bool) -> dict[str, Any]:
         for inc in load_incidents:
             await op.open_incident(inc)
         cpu0, wall0, threads0 = server.cpu_s(), time.perf_counter(), server.thread_cpu_s()
+        delay0 = server.run_delay_s()
+        own_cpu0 = time.process_time()  # the load generator's own CPU (tablets, consoles, posts)
         processed0 = _metric((await op.http.get("/metrics")).text, "cordon_sightings_processed_total")
         spy = _start_py_spy(server.proc.pid, args.duration_s)
         load = Phase("load", rate=args.rate, duration_s=args.duration_s)
@@ -430,13 +450,22 @@ async def main_async(args: argparse.Namespace, *, stub: bool) -> dict[str, Any]:
                 await asyncio.sleep(0.5)
             await asyncio.sleep(2.0)
             cpu1, wall1, threads1 = server.cpu_s(), time.perf_counter(), server.thread_cpu_s()
+            delay1 = server.run_delay_s()
+            own_cpu1 = time.process_time()
             text = await _metrics_text(raw)
         stop.set()
         await mover
         if spy is not None:
             spy.wait()
         published = _metric(text, "cordon_crew_messages_total")
-        core = _histogram_mean(text, "cordon_core_call_seconds", 'call="ingest"')
+        # the core's time for the sightings (batches of one incident's queued sightings: one call)
+        core_calls = ('call="ingest"', 'call="ingest_batch"')
+        core_s = sum(_histogram_sum(text, "cordon_core_call_seconds", c) for c in core_calls)
+        core = core_s / max(_metric(text, "cordon_sightings_processed_total"), 1.0)
+        core_cpu_s = sum(_histogram_sum(text, "cordon_core_cpu_seconds", c) for c in core_calls)
+        core_cpu = core_cpu_s / max(_metric(text, "cordon_sightings_processed_total"), 1.0)
+        core_child_s = sum(_histogram_sum(text, "cordon_core_process_seconds", c) for c in core_calls)
+        core_child = core_child_s / max(_metric(text, "cordon_sightings_processed_total"), 1.0)
         # what was published before the metrics were read may still be on its way
         deliver_deadline = time.perf_counter() + 5.0
         while sum(len(v) for v in received.values()) < published and time.perf_counter() < deliver_deadline:
@@ -472,7 +501,9 @@ async def main_async(args: argparse.Namespace, *, stub: bool) -> dict[str, Any]:
             "latency_samples": len(load.latencies_ms),
             "baseline_latency_ms_p50": round(percentile(baseline.latencies_ms, 50), 1),
             "baseline_latency_ms_p99": round(percentile(baseline.latencies_ms, 99), 1),
-            "core_ingest_ms_mean": round(core * 1000, 1),
+            "core_ingest_ms_per_sighting": round(core * 1000, 1),
+            "core_ingest_cpu_ms_per_sighting": round(core_cpu * 1000, 1),  # in the core process
+            "core_ingest_child_wall_ms_per_sighting": round(core_child * 1000, 1),
             "server_side_latency_ms_p50_le": _finite(server_p50 * 1000),
             "server_side_latency_ms_p99_le": _finite(server_p99 * 1000),
             "lost": int(gaps + max(0.0, published - delivered)),
@@ -484,6 +515,24 @@ async def main_async(args: argparse.Namespace, *, stub: bool) -> dict[str, Any]:
                 name: round(1000 * (threads1[name] - threads0.get(name, 0.0)) / n_load, 1)
                 for name in sorted(threads1)
                 if threads1[name] - threads0.get(name, 0.0) > 0.05
+            },
+            # waiting for a CPU (runnable, not running) per sighting: the machine's other load
+            "run_queue_wait_ms_per_sighting": {
+                name: round(1000 * (delay1[name] - delay0[name]) / n_load, 1) for name in sorted(delay1)
+            },
+            "load_average_end": os.getloadavg()[0],
+            "load_generator_cpu_percent": round(100 * (own_cpu1 - own_cpu0) / (wall1 - wall0), 1),
+            "coalesced": _metric(text, "cordon_sightings_coalesced_total"),
+            # where a sighting's time goes in the server (means; see cordon_sighting_stage_seconds)
+            "stage_ms_mean": {
+                stage: round(
+                    1000 * _histogram_mean(text, "cordon_sighting_stage_seconds", f'stage="{stage}"'), 1
+                )
+                for stage in ("queued", "prepare", "core", "publish")
+            },
+            "core_wait_ms_mean": {
+                call: round(1000 * _histogram_mean(text, "cordon_core_wait_seconds", f'call="{call}"'), 1)
+                for call in ("ingest_batch", "replan", "prediction_message", "set_crews")
             },
             "rss_mb": round(hwm, 1),
             "rss_mb_end": round(rss, 1),
@@ -576,6 +625,13 @@ def _histogram_quantile(text: str, name: str, q: float) -> float:
     return float("inf")
 
 
+def _histogram_sum(text: str, name: str, label: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(name + "_sum") and label in line:
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
 def _histogram_mean(text: str, name: str, label: str) -> float:
     s = c = 0.0
     for line in text.splitlines():
@@ -616,13 +672,21 @@ def main() -> None:
         "latency_ms_p99",
         "baseline_latency_ms_p50",
         "baseline_latency_ms_p99",
-        "core_ingest_ms_mean",
+        "core_ingest_ms_per_sighting",
+        "core_ingest_cpu_ms_per_sighting",
+        "core_ingest_child_wall_ms_per_sighting",
         "server_side_latency_ms_p50_le",
         "server_side_latency_ms_p99_le",
         "lost",
         "server_cpu_percent",
         "server_cpu_ms_per_sighting",
         "thread_cpu_ms_per_sighting",
+        "run_queue_wait_ms_per_sighting",
+        "load_average_end",
+        "load_generator_cpu_percent",
+        "coalesced",
+        "stage_ms_mean",
+        "core_wait_ms_mean",
         "rss_mb",
     )
     try:  # the client side drives 320 sockets: uvloop (installed with uvicorn[standard]) keeps it light
@@ -640,7 +704,7 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"{'metric':<28}  {'real core':>14}  {'stub core':>14}")
-    shown = [k for k in keys if k != "thread_cpu_ms_per_sighting"]
+    shown = [k for k in keys if not isinstance((real or serving or {}).get(k), dict)]
     for key in (*shown, "tablets", "consoles", "incidents", "sightings_posted", "crew_messages_published"):
         r = "" if real is None else real.get(key)
         st = "" if serving is None else serving.get(key)
@@ -648,6 +712,9 @@ def main() -> None:
     for name, res in (("real", real), ("stub", serving)):
         if res:
             print(f"{name} core: thread CPU ms per sighting {res['thread_cpu_ms_per_sighting']}")
+            print(
+                f"{name} core: stage ms (mean) {res['stage_ms_mean']}; core wait {res['core_wait_ms_mean']}"
+            )
     for name, res in (("stub", serving), ("real", real)):
         if res and res["baseline_latency_ms_p50"]:
             ratio = res["latency_ms_p50"] / res["baseline_latency_ms_p50"]

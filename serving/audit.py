@@ -478,10 +478,14 @@ class _SqlAuditLog:
         records: Sequence[
             tuple[str, str, str, datetime, str | None, str | None, Mapping[str, Any] | None, str | None]
         ],
+        *,
+        return_records: bool = True,
     ) -> list[AuditRecord]:
         """Append ``(actor, role, action, at, incident_id, commune, payload, reason)`` records in
         order, in one transaction (one fsync instead of one per record). Every record is checked
-        before any is written: one invalid record raises :class:`AuditError` and writes none."""
+        before any is written: one invalid record raises :class:`AuditError` and writes none.
+        ``return_records=False``: return nothing (``[]``; the server's writer thread does not
+        read them, and building them parses every payload back)."""
         checked = []
         for actor, role, action, at, incident_id, commune, payload, reason in records:
             text = reason or ""
@@ -490,7 +494,11 @@ class _SqlAuditLog:
         if not checked:
             return []
         with self._write() as cur:
-            return [self._append_in(cur, *record) for record in checked]
+            if return_records:
+                return [self._append_in(cur, *record) for record in checked]
+            for record in checked:
+                self._insert(cur, *record)
+        return []
 
     def _checked(
         self,
@@ -528,6 +536,36 @@ class _SqlAuditLog:
         payload_json: str,
         reason: str,
     ) -> AuditRecord:
+        seq, prev_hash, digest = self._insert(
+            cur, actor, role, action, at, incident_id, commune, payload_json, reason
+        )
+        return AuditRecord(
+            seq=seq,
+            at=at.astimezone(UTC),
+            actor=actor,
+            role=role,
+            action=action,
+            incident_id=incident_id,
+            commune=commune,
+            payload=json.loads(payload_json),
+            reason=reason,
+            prev_hash=prev_hash,
+            hash=digest,
+        )
+
+    def _insert(
+        self,
+        cur: Any,
+        actor: str,
+        role: str,
+        action: str,
+        at: datetime,
+        incident_id: str | None,
+        commune: str | None,
+        payload_json: str,
+        reason: str,
+    ) -> tuple[int, str, str]:
+        """Write one record at the head; its ``(seq, prev_hash, hash)``."""
         cur.execute(f"SELECT seq, hash FROM audit_head WHERE id = 1{self._for_update}")
         last_seq, prev_hash = cur.fetchone()
         seq = int(last_seq) + 1
@@ -561,19 +599,7 @@ class _SqlAuditLog:
             ),
         )
         cur.execute(self._q("UPDATE audit_head SET seq = ?, hash = ? WHERE id = 1"), (seq, digest))
-        return AuditRecord(
-            seq=seq,
-            at=at.astimezone(UTC),
-            actor=actor,
-            role=role,
-            action=action,
-            incident_id=incident_id,
-            commune=commune,
-            payload=json.loads(payload_json),
-            reason=reason,
-            prev_hash=prev_hash,
-            hash=digest,
-        )
+        return seq, str(prev_hash), digest
 
     def records(
         self,

@@ -76,58 +76,66 @@ class InProcessBus:
         listener: Listener,
         *,
         max_batch: int = 64,
-        max_inflight: int = 8,
+        max_inflight: int = 3,
     ) -> None:
         """Like :meth:`run`, but hands ``handler`` every queued sighting of one incident at once
-        (in arrival order), and runs the handlers of up to ``max_inflight`` incidents at once.
+        (in arrival order, at most ``max_batch``), and runs the handlers of up to
+        ``max_inflight`` incidents at once.
 
-        One incident's sightings are handled in order, one batch at a time: those arriving
-        while its batch is being handled wait and go together in its next batch (applying
-        them together lets the service publish one plan). Different incidents overlap, so one
-        incident's messages go out while the core plans another's (the core's calls are still
-        one at a time, in the order they are made)."""
+        Sightings are taken off the queue as they come and wait by incident; a free slot goes
+        to the incident whose oldest waiting sighting is the oldest, with all its waiting
+        sightings. So under load one incident's sightings go together in one batch (applying
+        them together lets the service plan once) instead of queueing as batches of one, and
+        no incident waits behind another's backlog. One incident's batches run one at a time,
+        in order; different incidents overlap, so one incident's messages go out while the
+        core plans another's (the core's calls are still one at a time)."""
         self._listener = listener
-        waiting: dict[str, list[Json]] = {}  # incident -> sightings queued behind its batch
+        waiting: dict[str, list[Json]] = {}  # incident -> sightings not handled yet (oldest first)
         running: dict[str, asyncio.Task[None]] = {}
-        slots = asyncio.Semaphore(max_inflight)
         # Sightings taken off the queue and not yet handled (waiting or in a running batch) are
         # at most the queue's size: when full, the queue fills and ``submit`` waits (back-pressure).
         held = asyncio.Semaphore(self._queue.maxsize if self._queue.maxsize > 0 else 10_000)
+        stopping = False
+
+        def dispatch() -> None:
+            """Start batches while slots are free: the oldest waiting incident first (dicts
+            keep insertion order: an incident enters ``waiting`` with its oldest sighting)."""
+            if stopping:
+                return
+            for incident in list(waiting):
+                if len(running) >= max_inflight:
+                    return
+                if incident in running:
+                    continue
+                queued = waiting.pop(incident)
+                group, rest = queued[:max_batch], queued[max_batch:]
+                if rest:
+                    waiting[incident] = rest
+                running[incident] = asyncio.create_task(drive(incident, group))
 
         async def drive(incident: str, group: list[Json]) -> None:
             try:
-                while group:
-                    try:
-                        await handler(group)
-                    except Exception:
-                        log.exception("sighting handler failed on %s", group[0].get("source_event_id"))
-                    for _ in group:
-                        held.release()
-                    queued = waiting.pop(incident, [])
-                    group, rest = queued[:max_batch], queued[max_batch:]
-                    if rest:
-                        waiting[incident] = rest
+                await handler(group)
+            except Exception:
+                log.exception("sighting handler failed on %s", group[0].get("source_event_id"))
             finally:
+                for _ in group:
+                    held.release()
                 running.pop(incident, None)
-                slots.release()
+                dispatch()
 
         try:
             while True:
                 await held.acquire()
-                items = [await self._queue.get()]
-                while len(items) < max_batch and not self._queue.empty() and not held.locked():
+                item = await self._queue.get()
+                waiting.setdefault(str(item.get("incident_id")), []).append(item)
+                while not self._queue.empty() and not held.locked():
                     await held.acquire()  # free: returns at once
-                    items.append(self._queue.get_nowait())
-                groups: dict[str, list[Json]] = {}
-                for item in items:
-                    groups.setdefault(str(item.get("incident_id")), []).append(item)
-                for incident, group in groups.items():
-                    if incident in running:
-                        waiting.setdefault(incident, []).extend(group)
-                        continue
-                    await slots.acquire()
-                    running[incident] = asyncio.create_task(drive(incident, group))
+                    item = self._queue.get_nowait()
+                    waiting.setdefault(str(item.get("incident_id")), []).append(item)
+                dispatch()
         finally:
+            stopping = True
             for task in list(running.values()):
                 task.cancel()
 

@@ -24,6 +24,7 @@ import contextlib
 import logging
 import multiprocessing
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -117,7 +118,7 @@ def _child(
 ) -> None:
     """The core process: build the city and the Coordinator, then answer calls until told to stop."""
     from serving.audit_replay import RecordingCoordinator
-    from serving.service import evaluate_target, ingest_accepts, prediction_message
+    from serving.service import evaluate_target, ingest_accepts, ingest_batch, prediction_message
 
     now: list[datetime | None] = [None]
     sink = _RecordList()
@@ -133,9 +134,9 @@ def _child(
             coordinator = RecordingCoordinator(coordinator, sink, clock=clock)
         # the keywords of ``ingest`` this core takes (a stand-in core may take none of them)
         ingest_keywords = {k for k in ("replan", "plan_at") if ingest_accepts(coordinator, k)}
-        conn.send(("ready", None, []))
+        conn.send(("ready", None, [], (0.0, 0.0)))
     except BaseException as exc:  # tell the parent why, then give up
-        conn.send(("err", exc, []))
+        conn.send(("err", exc, [], (0.0, 0.0)))
         return
     while True:
         try:
@@ -145,6 +146,7 @@ def _child(
         if message is None:
             return
         name, args, kwargs, now[0] = message
+        cpu0, wall0 = time.process_time(), time.perf_counter()
         try:
             if name == "evaluate_target":
                 value: Any = evaluate_target(coordinator, city, *args, **kwargs)
@@ -153,6 +155,12 @@ def _child(
             elif name == "ingest":
                 kwargs = {k: v for k, v in kwargs.items() if k in ingest_keywords}
                 value = _slim(args[0].incident_id, coordinator.ingest(*args, **kwargs))
+            elif name == "ingest_batch":
+                calls = [(s, {k: v for k, v in kw.items() if k in ingest_keywords}) for s, kw in args[0]]
+                value = [
+                    (kind, _slim(s.incident_id, out) if kind == "ok" else out)
+                    for (kind, out), (s, _) in zip(ingest_batch(coordinator, calls), calls, strict=False)
+                ]
             elif name == "set_crews":
                 coordinator.set_crews(*args, **kwargs)
                 value = None  # the service does not read the plans (they are recorded here)
@@ -166,11 +174,13 @@ def _child(
         else:
             kind = "ok"
         records = sink.drain()  # once: every way of answering below carries the call's records
+        # the call's CPU and wall time in the child (the parent's wall adds the pipe)
+        times = (time.process_time() - cpu0, time.perf_counter() - wall0)
         try:
-            conn.send((kind, value, records))
+            conn.send((kind, value, records, times))
         except Exception as exc:  # an answer that does not pickle
             failure = RuntimeError(f"{name}: answer not sent ({type(exc).__name__}: {exc})")
-            conn.send(("err", failure, records))
+            conn.send(("err", failure, records, times))
 
 
 class CoreProcess:
@@ -194,6 +204,10 @@ class CoreProcess:
         self._audit = audit
         self._clock = clock
         self._lock = threading.Lock()
+        #: CPU and wall seconds the child spent on the last call (read on the calling thread,
+        #: after it; the call's wall time in the parent adds the pipe and the pickling)
+        self.last_cpu_s = 0.0
+        self.last_wall_s = 0.0
         ctx = multiprocessing.get_context("spawn")
         self._conn, child = ctx.Pipe()
         self._proc = ctx.Process(
@@ -204,7 +218,7 @@ class CoreProcess:
         if not self._conn.poll(start_timeout_s):
             self.close()
             raise CoreProcessError(f"the core process did not start within {start_timeout_s} s")
-        kind, value, _ = self._conn.recv()
+        kind, value, _, _ = self._conn.recv()
         if kind != "ready":
             self.close()
             raise CoreProcessError(f"the core process failed to start: {value!r}") from value
@@ -217,7 +231,7 @@ class CoreProcess:
         with self._lock:
             try:
                 self._conn.send((name, args, kwargs, self._clock()))
-                kind, value, records = self._conn.recv()
+                kind, value, records, (self.last_cpu_s, self.last_wall_s) = self._conn.recv()
             except (EOFError, OSError, BrokenPipeError) as exc:
                 raise CoreProcessError(f"core process gone ({name}): {exc}") from exc
         for rec_args, rec_kwargs in records:
@@ -243,6 +257,10 @@ class CoreProcess:
 
     def ingest(self, sighting: Any, *, replan: bool = True, plan_at: datetime | None = None) -> Any:
         return self._call("ingest", sighting, replan=replan, plan_at=plan_at)
+
+    def ingest_batch(self, calls: Sequence[tuple[Any, dict[str, Any]]]) -> list[tuple[str, Any]]:
+        """:func:`serving.service.ingest_batch` in the core process: one round trip."""
+        return self._call("ingest_batch", list(calls))  # type: ignore[no-any-return]
 
     def set_crews(self, crews: Sequence[Any], at: datetime, *, replan: bool = True) -> None:
         self._call("set_crews", list(crews), at, replan=replan)

@@ -239,6 +239,12 @@ class SuggestionMsg(_ServerMessage):
         description="The source event id of the sighting whose plan issued this message "
         "(absent for a re-plan as time passes, a decline or an operator's change)",
     )
+    sighting_ids: list[str] | None = Field(
+        default=None,
+        description="Every sighting this plan answers, ``sighting_id`` last: sightings of the "
+        "incident that were queued together are tracked one by one and planned once "
+        "(absent when ``sighting_id`` is)",
+    )
 
 
 class SuggestionUpdateMsg(_ServerMessage):
@@ -252,6 +258,12 @@ class SuggestionUpdateMsg(_ServerMessage):
         default=None,
         description="The source event id of the sighting whose plan issued this message "
         "(absent for a re-plan as time passes, a decline or an operator's change)",
+    )
+    sighting_ids: list[str] | None = Field(
+        default=None,
+        description="Every sighting this plan answers, ``sighting_id`` last: sightings of the "
+        "incident that were queued together are tracked one by one and planned once "
+        "(absent when ``sighting_id`` is)",
     )
 
 

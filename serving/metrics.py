@@ -54,6 +54,38 @@ class Metrics:
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
             registry=r,
         )
+        self.core_cpu_seconds = Histogram(
+            "cordon_core_cpu_seconds",
+            "CPU time of one Coordinator call in the core process (the call's wall time, "
+            "cordon_core_call_seconds, adds the pipe and the wait for a CPU)",
+            ["call"],
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+            registry=r,
+        )
+        self.core_child_seconds = Histogram(
+            "cordon_core_process_seconds",
+            "Wall time of one Coordinator call inside the core process (without the pipe)",
+            ["call"],
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+            registry=r,
+        )
+        self.core_wait_seconds = Histogram(
+            "cordon_core_wait_seconds",
+            "Time a Coordinator call waited for the core thread (behind other calls)",
+            ["call"],
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+            registry=r,
+        )
+        self.sighting_stage = Histogram(
+            "cordon_sighting_stage_seconds",
+            "Where a sighting's time goes, from its arrival to its plan's first crew message: "
+            "queued (waiting for its incident's batch), prepare (incident lock, state, crews), "
+            "core (the ingest call, waiting for the core thread included), publish (to the "
+            "first crew message handed to the hub)",
+            ["stage"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+            registry=r,
+        )
         self.http_errors = Counter(
             "cordon_http_errors_total", "HTTP error answers, by code", ["code"], registry=r
         )

@@ -22,7 +22,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol, TypeVar
@@ -128,6 +128,68 @@ class CoordinatorLike(Protocol):
     def set_crews(self, crews: Sequence[Any], at: datetime, *, replan: bool = ...) -> Any: ...
     def replan(self, incident_id: str, at: datetime) -> Any: ...
     def close_incident(self, incident_id: str) -> Any: ...
+
+
+#: Core-call priorities: a sighting's calls first, then what can wait (a re-plan because time
+#: passed, a prediction's GeoJSON for the maps).
+URGENT = 0
+DEFERRED = 1
+
+
+class CoreThread:
+    """The one thread that makes the core's calls (they never overlap), in priority order: a
+    waiting ``URGENT`` call (a sighting's) goes before the ``DEFERRED`` ones (periodic
+    re-plans, the maps' GeoJSON), except that a ``DEFERRED`` call never waits more than
+    ``max_defer_s`` once it is the oldest of its kind (no starvation under load). Within one
+    priority, calls run in the order they came."""
+
+    def __init__(self, name: str = "cordon-core", *, max_defer_s: float = 1.0) -> None:
+        self.max_defer_s = max_defer_s
+        self._queues: tuple[deque[tuple[float, Callable[[], Any], Future[Any]]], ...] = (deque(), deque())
+        self._cond = threading.Condition()
+        self._stopped = False
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, priority: int, fn: Callable[[], T]) -> Future[T]:
+        future: Future[T] = Future()
+        with self._cond:
+            if self._stopped:
+                raise RuntimeError("the core thread is shut down")
+            self._queues[min(max(priority, URGENT), DEFERRED)].append((time.monotonic(), fn, future))
+            self._cond.notify()
+        return future
+
+    def _next(self) -> tuple[float, Callable[[], Any], Future[Any]]:
+        urgent, deferred = self._queues
+        if deferred and (not urgent or time.monotonic() - deferred[0][0] > self.max_defer_s):
+            return deferred.popleft()
+        return urgent.popleft()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not any(self._queues) and not self._stopped:
+                    self._cond.wait()
+                if self._stopped:
+                    return
+                _, fn, future = self._next()
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(fn())
+            except BaseException as exc:
+                future.set_exception(exc)
+
+    def shutdown(self) -> None:
+        """Stop after the running call; the calls still waiting are cancelled."""
+        with self._cond:
+            self._stopped = True
+            for queue in self._queues:
+                for _, _, future in queue:
+                    future.cancel()
+                queue.clear()
+            self._cond.notify_all()
 
 
 class MemoryAudit:
@@ -283,6 +345,7 @@ class DispatchService:
         self.positions_on_tick = False
         self._declines: dict[str, set[tuple[str, int]]] = {}  # declines given to this worker's core
         self._ticked_at: datetime | None = None  # last periodic re-plan (simulated or wall time)
+        self._planned_at: dict[str, float] = {}  # incident -> monotonic time of its last plan published
         self._ticked_crew_version = -1
         self.periodic_replans = 0  # core re-plans made because time advanced
         self.periodic_plans = 0  # of those, the plans published
@@ -290,7 +353,7 @@ class DispatchService:
         self._crew_sync_lock = asyncio.Lock()
         self._can_defer = ingest_accepts(coordinator, "replan")
         self._can_plan_at = ingest_accepts(coordinator, "plan_at")
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cordon-core")
+        self._core_thread = CoreThread()
         self.processed = 0
         self._audit_pending: deque[tuple[Any, ...]] = deque()
         self._audit_stop = threading.Event()
@@ -307,22 +370,29 @@ class DispatchService:
         else:
             await self.bus.run(self.handle_sighting, self.handle_event)
 
-    async def _core(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run a (synchronous) core call on the single core thread: calls never overlap."""
-        loop = asyncio.get_running_loop()
+    async def _core(self, fn: Callable[..., T], *args: Any, priority: int = URGENT, **kwargs: Any) -> T:
+        """Run a (synchronous) core call on the single core thread: calls never overlap; a
+        waiting ``URGENT`` call (a sighting's) goes before waiting ``DEFERRED`` ones."""
         name = getattr(fn, "__name__", "call")
+        queued = time.perf_counter()
 
         def timed() -> T:
             start = time.perf_counter()
+            self.metrics.core_wait_seconds.labels(name).observe(start - queued)
             try:
                 return fn(*args, **kwargs)
             finally:
                 self.metrics.core_seconds.labels(name).observe(time.perf_counter() - start)
+                cpu_s = getattr(self.coordinator, "last_cpu_s", None)  # the core process's own
+                if isinstance(cpu_s, float):
+                    self.metrics.core_cpu_seconds.labels(name).observe(cpu_s)
+                    wall_s = float(getattr(self.coordinator, "last_wall_s", 0.0))
+                    self.metrics.core_child_seconds.labels(name).observe(wall_s)
 
-        return await loop.run_in_executor(self._executor, timed)
+        return await asyncio.wrap_future(self._core_thread.submit(priority, timed))
 
     def shutdown(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._core_thread.shutdown()
         self._audit_stop.set()
         self._audit_thread.join(timeout=30)
 
@@ -387,7 +457,7 @@ class DispatchService:
                     batch.append(self._audit_pending.popleft())
                 if many is not None:
                     try:
-                        many(batch)  # one transaction, one fsync, for the batch
+                        many(batch, return_records=False)  # one transaction, one fsync
                         continue
                     except Exception:
                         log.warning("audit batch of %d failed; appending one by one", len(batch))
@@ -489,6 +559,7 @@ class DispatchService:
                 self._seen.pop(incident_id, None)
             self._declines.pop(incident_id, None)
             self._forget_prediction(incident_id)
+            self._planned_at.pop(incident_id, None)
         self._audit(actor, "incident_closed", incident_id=incident_id, commune=info.get("commune"))
         await self._publish_op(
             self.communes_of(info), {"type": "incident", "event": "closed", "incident": _public(info)}
@@ -646,6 +717,7 @@ class DispatchService:
         incident_id = sightings[0][0].incident_id
         if any(s.incident_id != incident_id for s, _ in sightings):
             raise ValueError("handle_sightings takes sightings of one incident")
+        stamps: dict[str, float] = {"start": time.time()}  # where the batch's time goes
         async with self.state.lock(incident_id):
             info = await self.state.get_incident(incident_id)
             if info is None or info.get("closed_at"):
@@ -657,14 +729,51 @@ class DispatchService:
                 )
                 return
             await self._sync(info)
-            deferred = False
-            for k, (sighting, received_ns) in enumerate(sightings):
-                # all but the last are only tracked when the core can defer its plan
-                replan = k == len(sightings) - 1 or not self._can_defer
-                outcome = await self._apply(info, sighting, replan=replan)
-                if outcome is None:
+            fresh: list[tuple[Sighting, int | None]] = []
+            ids: set[str] = set()
+            for sighting, received_ns in sightings:
+                if sighting.source_event_id in self._seen[incident_id] or sighting.source_event_id in ids:
+                    self.metrics.sightings.labels("redelivered").inc()
                     continue
-                deferred = deferred or not replan
+                ids.add(sighting.source_event_id)
+                fresh.append((sighting, received_ns))
+            if not fresh:
+                return
+            await self._sync_crews()
+            calls: list[tuple[Sighting, dict[str, Any]]] = []
+            for k, (sighting, _) in enumerate(fresh):
+                # all but the last are only tracked when the core can defer its plan
+                kwargs: dict[str, Any] = {}
+                if k < len(fresh) - 1 and self._can_defer:
+                    kwargs["replan"] = False
+                elif self._can_plan_at:
+                    kwargs["plan_at"] = self._plan_time(sighting)
+                calls.append((sighting, kwargs))
+            stamps["core_start"] = time.time()
+            results = await self._ingest_batch(calls)
+            stamps["core_end"] = time.time()
+            deferred = False
+            for (sighting, received_ns), (kind, value), (_, kwargs) in zip(
+                fresh, results, calls, strict=False
+            ):
+                outcome: Any = value
+                if kind == "error":
+                    raise value
+                if kind == "refused":  # unknown camera / incident raced with a config change
+                    log.warning("sighting %s refused by the core: %s", sighting.source_event_id, value)
+                    continue
+                if kind == "no_belief":
+                    # A late sighting older than the track's start: the tracker kept it but the
+                    # core could not plan at its time; plan at the latest time seen instead.
+                    last_seen = info.get("_last_observed_at")
+                    at = datetime.fromisoformat(last_seen) if last_seen else self.now()
+                    try:
+                        plan = await self._core(self.coordinator.replan, incident_id, at)
+                    except NoBeliefError:
+                        plan = None
+                    outcome = _LateOutcome(plan)
+                await self._applied_one(info, sighting)
+                deferred = deferred or kwargs.get("replan") is False
                 last = info.get("_last_observed_at")
                 late = last is not None and sighting.observed_at < datetime.fromisoformat(last)
                 if not late:
@@ -688,14 +797,39 @@ class DispatchService:
             if plan is not None:
                 info["plan_version"] = int(plan.version)
             await self.state.put_incident(info)
+            # the published plan answers every sighting of the batch (their plans were deferred)
+            answered = [s.source_event_id for s, _, _, _ in applied]
             for i, (sighting, outcome, late, received_ns) in enumerate(applied):
                 await self._publish_outcome(
-                    info, sighting, outcome, late=late, received_ns=received_ns, sighting_only=i != full
+                    info,
+                    sighting,
+                    outcome,
+                    late=late,
+                    received_ns=received_ns,
+                    sighting_only=i != full,
+                    sighting_ids=answered,
+                    stamps=stamps,
                 )
+        self._observe_stages(stamps, [r for _, _, _, r in applied])
         self.processed += len(applied)
         self.metrics.sightings_processed.inc(len(applied))
         if len(applied) > 1:
             self.metrics.coalesced.inc(len(applied) - 1)
+
+    def _observe_stages(self, stamps: dict[str, float], received_ns: Sequence[int | None]) -> None:
+        """Stage timing of a batch (``cordon_sighting_stage_seconds``): each sighting's wait
+        before its batch started, and the batch's preparation, core and publishing times."""
+        start = stamps["start"]
+        for r in received_ns:
+            if r is not None:
+                self.metrics.sighting_stage.labels("queued").observe(max(0.0, start - r / 1e9))
+        core_start, core_end, sent = stamps.get("core_start"), stamps.get("core_end"), stamps.get("sent")
+        if core_start is None or core_end is None:
+            return
+        self.metrics.sighting_stage.labels("prepare").observe(core_start - start)
+        self.metrics.sighting_stage.labels("core").observe(core_end - core_start)
+        if sent is not None:
+            self.metrics.sighting_stage.labels("publish").observe(sent - core_end)
 
     def _plan_time(self, sighting: Sighting) -> datetime:
         """When a sighting's plan is for: now, when the report is at most
@@ -704,35 +838,17 @@ class DispatchService:
         delay_s = (now - sighting.observed_at).total_seconds()
         return now if 0.0 <= delay_s <= self.max_report_delay_s else sighting.observed_at
 
-    async def _apply(self, info: Json, sighting: Sighting, *, replan: bool = True) -> Any:
-        """Give one sighting to the core (caller holds the lock, after ``_sync``); ``None``
-        when it was already applied (a redelivery) or the core refused it."""
+    async def _ingest_batch(self, calls: Sequence[tuple[Sighting, dict[str, Any]]]) -> list[tuple[str, Any]]:
+        """One core call for a batch's sightings (see :func:`ingest_batch`): one round trip to
+        the core process, and no other call between the batch's sightings."""
+        batch = getattr(self.coordinator, "ingest_batch", None)  # the core in its own process
+        if batch is not None:
+            return await self._core(batch, list(calls))
+        return await self._core(ingest_batch, self.coordinator, list(calls))
+
+    async def _applied_one(self, info: Json, sighting: Sighting) -> None:
+        """Record that the core took ``sighting`` (caller holds the lock)."""
         incident_id = sighting.incident_id
-        if sighting.source_event_id in self._seen[incident_id]:
-            self.metrics.sightings.labels("redelivered").inc()
-            return None
-        await self._sync_crews()
-        outcome: Any
-        try:
-            kwargs: dict[str, Any] = {}
-            if not replan:
-                kwargs["replan"] = False
-            elif self._can_plan_at:
-                kwargs["plan_at"] = self._plan_time(sighting)
-            outcome = await self._core(self.coordinator.ingest, sighting, **kwargs)
-        except KeyError as exc:  # unknown camera / incident raced with a config change
-            log.warning("sighting %s refused by the core: %s", sighting.source_event_id, exc)
-            return None
-        except NoBeliefError:
-            # A late sighting older than the track's start: the tracker kept it but the core
-            # could not plan at its time; plan at the latest time seen instead.
-            last_seen = info.get("_last_observed_at")
-            at = datetime.fromisoformat(last_seen) if last_seen else self.now()
-            try:
-                plan = await self._core(self.coordinator.replan, incident_id, at)
-            except NoBeliefError:
-                plan = None
-            outcome = _LateOutcome(plan)
         await self.state.append_sighting(incident_id, sighting.model_dump(mode="json"))
         self._applied[incident_id] += 1
         self._seen[incident_id].add(sighting.source_event_id)
@@ -740,7 +856,6 @@ class DispatchService:
         if info.get("lon") is None:  # no origin given: where it was first seen
             camera = self.city.cameras.cameras[sighting.camera_id]
             info["lon"], info["lat"] = float(camera.lon), float(camera.lat)
-        return outcome
 
     async def _sync_declines(self, incident_id: str) -> None:
         """Give this worker's Coordinator the incident's declines it has not seen (made through
@@ -793,9 +908,14 @@ class DispatchService:
         late: bool,
         received_ns: int | None,
         sighting_only: bool = False,
+        sighting_ids: Sequence[str] | None = None,
+        stamps: dict[str, float] | None = None,
     ) -> None:
         """Publish what one applied sighting changed. The crews' suggestions go first (the
-        latency that matters), then the consoles' sighting, track, prediction and plan."""
+        latency that matters), then the consoles' sighting, track and plan; the prediction's
+        GeoJSON (for the maps) is made and sent after, off the sighting's path.
+        ``sighting_ids``: every sighting the plan answers (a batch's), named in the crews'
+        messages beside ``sighting_id``."""
         communes = self.communes_of(info)
         camera = self.city.cameras.cameras[sighting.camera_id]
         update = getattr(outcome, "update", None)
@@ -819,8 +939,15 @@ class DispatchService:
         summary = None
         if plan is not None:  # the hot path: suggestions to the tablets
             summary = await self._apply_plan(
-                info, plan, received_ns=received_ns, publish=False, sighting_id=sighting.source_event_id
+                info,
+                plan,
+                received_ns=received_ns,
+                publish=False,
+                sighting_id=sighting.source_event_id,
+                sighting_ids=sighting_ids,
             )
+        if stamps is not None:
+            stamps["sent"] = time.time()
         await self._publish_op(communes, seen)
         view: Json = dict(await self.state.get_view(sighting.incident_id) or {})
         pushed: list[Json] = []
@@ -844,13 +971,7 @@ class DispatchService:
             pushed.append(track)
         prediction = getattr(outcome, "prediction", None)
         if prediction is not None:
-            due = self._prediction_due(sighting.incident_id, prediction)
-            message = None if due is None else await self._prediction_message(sighting.incident_id, due)
-            if message is not None:
-                view["prediction"] = message["geojson"]
-                message = self._wire(message)
-                await self._publish_op(communes, message)
-                pushed.append(message)
+            self._prediction_due(sighting.incident_id, prediction)
         if summary is not None:
             await self._publish_op(communes, summary)
             view["plan"] = summary
@@ -858,56 +979,68 @@ class DispatchService:
         if pushed:
             await self._push_to_crews(sighting.incident_id, pushed)
 
-    def _prediction_due(self, incident_id: str, prediction: Any) -> Any:
-        """The prediction to send now, or ``None`` when one went out less than
-        ``prediction_interval_s`` ago: then this one is kept and sent when the interval ends
-        (unless a newer one replaces it meanwhile). Caller holds the incident's lock."""
-        now = time.monotonic()
-        last = self._prediction_sent.get(incident_id)
-        if last is None or now - last >= self.prediction_interval_s:
-            self._prediction_pending.pop(incident_id, None)
-            self._prediction_sent[incident_id] = now
-            return prediction
+    def _prediction_due(self, incident_id: str, prediction: Any) -> None:
+        """Keep ``prediction`` as the incident's latest and have it sent: at once when none went
+        out in the last ``prediction_interval_s``, else when the interval ends (unless a newer
+        one replaces it meanwhile). The GeoJSON is made on the core thread behind the
+        sightings' calls (``DEFERRED``), by a task of its own that holds no lock meanwhile: a
+        sighting never waits for the maps. Caller holds the incident's lock."""
         self._prediction_pending[incident_id] = prediction
-        if incident_id not in self._prediction_flush:
-            delay = last + self.prediction_interval_s - now
-            task = asyncio.create_task(self._flush_prediction(incident_id, delay))
-            self._prediction_flush[incident_id] = task
-        return None
+        if incident_id in self._prediction_flush:
+            return  # the incident's sender takes the latest when its turn comes
+        last = self._prediction_sent.get(incident_id)
+        delay = 0.0 if last is None else max(0.0, last + self.prediction_interval_s - time.monotonic())
+        task = asyncio.create_task(self._flush_prediction(incident_id, delay))
+        self._prediction_flush[incident_id] = task
 
     async def _prediction_message(self, incident_id: str, prediction: Any) -> Json | None:
-        """The ``prediction`` message; with the core in its own process the GeoJSON is built
-        there (the outcome carries a :class:`~serving.core_process.PredictionRef`)."""
+        """The ``prediction`` message, its GeoJSON already serialized (:class:`Encoded`). With
+        the core in its own process the GeoJSON is made there (the outcome carries a
+        :class:`~serving.core_process.PredictionRef`); else on the core thread."""
         if isinstance(prediction, PredictionRef):
-            made = await self._core(self.coordinator.prediction_message, incident_id, prediction.at)  # type: ignore[attr-defined]
+            made = await self._core(
+                self.coordinator.prediction_message,  # type: ignore[attr-defined]
+                incident_id,
+                prediction.at,
+                priority=DEFERRED,
+            )
             return None if made is None else {"type": "prediction", "incident_id": incident_id, **made}
+        convert = self._prediction_geojson
+
+        def encoded() -> Encoded:
+            return Encoded(json.dumps(convert(prediction)))
+
         return {
             "type": "prediction",
             "incident_id": incident_id,
             "at": prediction.at.isoformat(),
-            "geojson": self._prediction_geojson(prediction),
+            "geojson": await self._core(encoded, priority=DEFERRED),
         }
 
     async def _flush_prediction(self, incident_id: str, delay_s: float) -> None:
-        """Send the incident's pending prediction after ``delay_s`` (see :meth:`_prediction_due`)."""
+        """Send the incident's pending prediction after ``delay_s``, and the next ones while
+        they come, one every ``prediction_interval_s`` (see :meth:`_prediction_due`)."""
         try:
-            await asyncio.sleep(max(0.0, delay_s))
-            async with self.state.lock(incident_id):
-                self._prediction_flush.pop(incident_id, None)
+            while True:
+                await asyncio.sleep(max(0.0, delay_s))
                 prediction = self._prediction_pending.pop(incident_id, None)
                 info = await self.state.get_incident(incident_id)
                 if prediction is None or info is None or info.get("closed_at"):
                     return
                 self._prediction_sent[incident_id] = time.monotonic()
                 message = await self._prediction_message(incident_id, prediction)
-                if message is None:
-                    return
-                view: Json = dict(await self.state.get_view(incident_id) or {})
-                view["prediction"] = message["geojson"]
-                message = self._wire(message)
-                await self._publish_op(self.communes_of(info), message)
-                await self.state.put_view(incident_id, view)
-                await self._push_to_crews(incident_id, [message])
+                if message is not None:
+                    async with self.state.lock(incident_id):  # the view: one writer at a time
+                        info = await self.state.get_incident(incident_id)
+                        if info is None or info.get("closed_at"):
+                            return
+                        view: Json = dict(await self.state.get_view(incident_id) or {})
+                        view["prediction"] = message["geojson"]
+                        await self.state.put_view(incident_id, view)
+                        message = self._wire(message)
+                        await self._publish_op(self.communes_of(info), message)
+                        await self._push_to_crews(incident_id, [message])
+                delay_s = self.prediction_interval_s
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -917,11 +1050,15 @@ class DispatchService:
                 self._prediction_flush.pop(incident_id, None)
 
     def _wire(self, message: Json) -> Json:
-        """A ``prediction`` message for the hub: its GeoJSON serialized once, for the consoles
-        and the tablets alike (in-process bus only: the Redis bus serializes events itself)."""
-        if not isinstance(self.bus, InProcessBus):
-            return message
-        return dict(message, geojson=Encoded(json.dumps(message["geojson"])))
+        """A ``prediction`` message for the bus: its GeoJSON serialized once, for the consoles
+        and the tablets alike (in-process bus); parsed back for a bus that serializes events
+        itself (Redis)."""
+        geojson = message["geojson"]
+        if isinstance(self.bus, InProcessBus):
+            if isinstance(geojson, Encoded):
+                return message
+            return dict(message, geojson=Encoded(json.dumps(geojson)))
+        return dict(message, geojson=json.loads(geojson)) if isinstance(geojson, str) else message
 
     def _forget_prediction(self, incident_id: str) -> None:
         self._prediction_sent.pop(incident_id, None)
@@ -965,11 +1102,14 @@ class DispatchService:
         received_ns: int | None,
         publish: bool = True,
         sighting_id: str | None = None,
+        sighting_ids: Sequence[str] | None = None,
     ) -> Json:
         """Turn a plan into suggestion states and crews' messages (caller holds the incident's
         lock); returns the consoles' ``plan`` summary, published here unless ``publish`` is false.
-        ``sighting_id``: the sighting this plan answers, named in the crews' messages."""
+        ``sighting_id``: the sighting this plan answers, named in the crews' messages;
+        ``sighting_ids``: all the sightings it answers (a batch's, ``sighting_id`` last)."""
         incident_id = info["incident_id"]
+        self._planned_at[incident_id] = time.monotonic()
         communes = self.communes_of(info)
         mode = await self._mode(info)
         current = {
@@ -1019,6 +1159,7 @@ class DispatchService:
                 message = {"type": "suggestion", "expires_at": public["expires_at"], "suggestion": public}
             if sighting_id is not None:
                 message["sighting_id"] = sighting_id
+                message["sighting_ids"] = list(sighting_ids or [sighting_id])
             await self._to_crew(sug.crew_id, message, received_ns=received_ns)
             self._audit(
                 SYSTEM,
@@ -1322,7 +1463,9 @@ class DispatchService:
             await self._sync_crews(at)
             at = max(at or self.now(), datetime.fromisoformat(info["opened_at"]))
             try:
-                plan = await self._core(self.coordinator.replan, incident_id, at)
+                # time passing can wait for the sightings' calls; other re-plans cannot
+                priority = DEFERRED if skip_unchanged else URGENT
+                plan = await self._core(self.coordinator.replan, incident_id, at, priority=priority)
             except NoBeliefError:
                 return False
             if plan is None:
@@ -1349,13 +1492,21 @@ class DispatchService:
         if not force and version == self._ticked_crew_version:
             self._ticked_at = now
             return 0
+        seen_version = self._ticked_crew_version
         self._ticked_at, self._ticked_crew_version = now, version
         # The crews' positions first (one push, no re-plan), then each incident is re-planned
         # in its own core call, so a sighting waits behind one incident's plan at most.
         await self._sync_crews(now, positions=True, due=True)
         published = 0
+        fresh_before = time.monotonic() - self.replan_s
         for info in await self.state.incidents():
             if info.get("closed_at") or not (info.get("_origin") or info.get("n_sightings")):
+                continue
+            if not force and self._planned_at.get(info["incident_id"], -math.inf) > fresh_before:
+                # planned (on a sighting, a decision) within the interval: time has not passed
+                # for it; re-planning would make sightings of it wait behind the re-plan. The
+                # next tick looks again (the crews' move is not taken as seen by it).
+                self._ticked_crew_version = seen_version
                 continue
             try:
                 if await self.replan(info["incident_id"], skip_unchanged=True, at=now):
@@ -1508,6 +1659,7 @@ class DispatchService:
                     self._seen.pop(incident_id, None)
                 self._declines.pop(incident_id, None)
                 self._forget_prediction(incident_id)
+                self._planned_at.pop(incident_id, None)
                 rows += await self.state.drop_incident(incident_id)
         return rows
 
@@ -1560,7 +1712,7 @@ class DispatchService:
         return {
             "incident": _public(info),
             "track": {"type": "FeatureCollection", "features": features},
-            "prediction": view.get("prediction") or {"type": "FeatureCollection", "features": []},
+            "prediction": _parsed(view.get("prediction")) or {"type": "FeatureCollection", "features": []},
             "plan": view.get("plan"),
         }
 
@@ -1626,13 +1778,34 @@ def evaluate_target(
     }
 
 
+def ingest_batch(coordinator: Any, calls: Sequence[tuple[Sighting, dict[str, Any]]]) -> list[tuple[str, Any]]:
+    """``coordinator.ingest(sighting, **kwargs)`` for each call, in order (on the core thread,
+    or in the core process): for each, ``("ok", outcome)``, ``("refused", KeyError)`` (unknown
+    camera or incident), ``("no_belief", NoBeliefError)`` (no plan at its time); another
+    exception ends the batch as ``("error", exc)``, the later sightings not given."""
+    out: list[tuple[str, Any]] = []
+    for sighting, kwargs in calls:
+        try:
+            out.append(("ok", coordinator.ingest(sighting, **kwargs)))
+        except KeyError as exc:
+            out.append(("refused", exc))
+        except NoBeliefError as exc:
+            out.append(("no_belief", exc))
+        except Exception as exc:
+            out.append(("error", exc))
+            break
+    return out
+
+
 def prediction_message(coordinator: Any, city: City, incident_id: str, at: datetime) -> Json | None:
-    """``at`` and ``geojson`` of the incident's latest prediction (the core process builds a
-    ``prediction`` message's body with it); ``None`` when there is none."""
+    """``at`` and ``geojson`` (serialized: :class:`Encoded`, a string crosses the process pipe
+    far cheaper than the nested lists) of the incident's latest prediction (the core process
+    builds a ``prediction`` message's body with it); ``None`` when there is none."""
     with contextlib.suppress(Exception):
         prediction = coordinator.state(incident_id, at).prediction
         if prediction is not None:
-            return {"at": prediction.at.isoformat(), "geojson": _default_prediction_geojson(city)(prediction)}
+            geojson = _default_prediction_geojson(city)(prediction)
+            return {"at": prediction.at.isoformat(), "geojson": Encoded(json.dumps(geojson))}
     return None
 
 
@@ -1669,6 +1842,11 @@ def _same_assignment(plan: PlanLike, active: Sequence[Json], at: datetime, fresh
     if planned != current:
         return False
     return all((datetime.fromisoformat(s["expires_at"]) - at).total_seconds() > fresh_s for s in active)
+
+
+def _parsed(value: Any) -> Any:
+    """A view's value, parsed when it is kept serialized (a prediction's GeoJSON)."""
+    return json.loads(value) if isinstance(value, str) else value
 
 
 def _public(d: Json) -> Json:

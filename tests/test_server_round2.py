@@ -500,6 +500,22 @@ async def test_queued_sightings_of_one_incident_are_applied_together_one_plan_pu
         assert coalesced >= 1, "a burst queued behind a plan is applied as one batch"
         plans = [m for m in console.received if m["type"] == "plan"]
         assert len(plans) == len(burst) - coalesced
+        # a batch's plan answers all its sightings: the crews' messages name them, in order,
+        # the planned one (``sighting_id``) last; each sighting is answered by one batch only
+        ids = [s["source_event_id"] for s in burst]
+        answered: dict[str, list[str]] = {}
+        for m in srv.app.state.hub.sent_log:
+            if m.get("type") in ("suggestion", "suggestion_update") and m.get("sighting_id"):
+                assert m["sighting_ids"][-1] == m["sighting_id"]
+                answered.setdefault(m["sighting_id"], m["sighting_ids"])
+                assert answered[m["sighting_id"]] == m["sighting_ids"]
+        assert answered, "the burst's plans sent the tablets something"
+        runs = list(answered.values())
+        for run in runs:
+            start = ids.index(run[0])
+            assert run == ids[start : start + len(run)]
+        assert len({i for run in runs for i in run}) == sum(len(run) for run in runs)
+        assert check_against_asyncapi(srv.app.state.hub.sent_log) > 0
         state = await op.incident_state("inc-burst")
         assert state["incident"]["n_sightings"] == len(burst)
         assert state["plan"]["version"] == plans[-1]["version"]

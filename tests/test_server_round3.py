@@ -128,6 +128,11 @@ async def test_wall_clock_replans_only_when_crews_move() -> None:
         await wait_for(lambda: len(service.state._crews) == 4)
         lon, lat = origin()
         await op.open_incident("inc-w", commune=COMMUNE, lon=lon, lat=lat)
+        # planned at its opening, less than replan_s ago: time has not passed for it
+        assert await service.tick() == 0
+        assert service.periodic_replans == 0
+        service._ticked_at = None
+        service._planned_at.clear()  # as if replan_s had passed since that plan
         assert await service.tick() in (0, 1)  # crews changed since the start: a re-plan
         assert service.periodic_replans == 1
         assert await service.tick() == 0  # within replan_s: nothing at all
@@ -146,6 +151,7 @@ async def test_wall_clock_replans_only_when_crews_move() -> None:
             assert asyncio.get_running_loop().time() < deadline, "the crew's position never arrived"
             await asyncio.sleep(0.02)
         service._ticked_at = None
+        service._planned_at.clear()
         await service.tick()
         assert service.periodic_replans == 2
         await close_all(*tablets)
