@@ -18,8 +18,8 @@ def _feature(geometry: Json, properties: Json) -> Json:
     return {"type": "Feature", "geometry": geometry, "properties": properties}
 
 
-def _rounded(points: list[tuple[float, float]]) -> list[list[float]]:
-    return [[round(x, 7), round(y, 7)] for x, y in points]
+def _rounded(points: list[tuple[float, float]], digits: int = 6) -> list[list[float]]:
+    return [[round(x, digits), round(y, digits)] for x, y in points]
 
 
 def prediction_geojson(
@@ -32,37 +32,30 @@ def prediction_geojson(
     """A FeatureCollection of the prediction.
 
     * ``kind = "crossing"`` points: crossings passed with probability ``>= min_probability``
-      (``probability``, ``time_s`` = ``likely_eta_s``, ``earliest_eta_s``);
+      (``node``, ``probability``, ``earliest_eta_s``, ``likely_eta_s``);
     * ``kind = "route"`` lines: the k most likely routes (``probability``, ``rank``, ``eta_s``
       at the end, ``destination_kind``);
     * ``kind = "position"`` lines: where the suspect is at each of ``horizons_s`` (``time_s``,
-      ``probability`` per edge, edges below ``min_probability`` left out).
+      the horizon; ``probability`` per edge, edges below ``min_probability`` left out).
 
-    Every feature carries ``incident_id``, ``at`` (ISO 8601) and ``model_version``.
+    ``incident_id``, ``at`` (ISO 8601) and ``model_version`` are foreign members of the
+    collection (RFC 7946 §6.1), said once rather than on each of its hundreds of features: the
+    collection goes to every console of the incident's communes every few seconds, so its size
+    is the server's cost. Coordinates have 6 decimals (about 0.1 m).
     """
     if prediction.graph_version != graph.version:
         raise ValueError(f"prediction was made on graph {prediction.graph_version}, not on {graph.version}")
-    common = {
-        "incident_id": prediction.incident_id,
-        "at": prediction.at.isoformat(),
-        "model_version": prediction.model_version,
-    }
     features: list[Json] = []
     nodes = np.flatnonzero(prediction.pass_probability >= min_probability)
-    for v in nodes.tolist():
-        lon, lat = graph.node_lonlat[v]
+    lonlat = np.round(graph.node_lonlat[nodes], 6).tolist()
+    probability = np.round(prediction.pass_probability[nodes], 4).tolist()
+    earliest = np.round(prediction.suspect_earliest_eta_s[nodes], 1).tolist()
+    likely = np.round(prediction.suspect_likely_eta_s[nodes], 1).tolist()
+    for v, xy, p, e, li in zip(nodes.tolist(), lonlat, probability, earliest, likely, strict=True):
         features.append(
             _feature(
-                {"type": "Point", "coordinates": [round(float(lon), 7), round(float(lat), 7)]},
-                {
-                    **common,
-                    "kind": "crossing",
-                    "node": int(v),
-                    "probability": round(float(prediction.pass_probability[v]), 4),
-                    "time_s": round(float(prediction.suspect_likely_eta_s[v]), 1),
-                    "earliest_eta_s": round(float(prediction.suspect_earliest_eta_s[v]), 1),
-                    "likely_eta_s": round(float(prediction.suspect_likely_eta_s[v]), 1),
-                },
+                {"type": "Point", "coordinates": xy},
+                {"kind": "crossing", "node": v, "probability": p, "earliest_eta_s": e, "likely_eta_s": li},
             )
         )
     for rank, route in enumerate(prediction.routes, start=1):
@@ -72,12 +65,10 @@ def prediction_geojson(
             _feature(
                 {"type": "LineString", "coordinates": _rounded(path_lonlat(graph, list(route.edges)))},
                 {
-                    **common,
                     "kind": "route",
                     "rank": rank,
                     "probability": round(route.probability, 4),
                     "eta_s": round(route.eta_s[-1], 1),
-                    "time_s": round(route.eta_s[-1], 1),
                     "destination_kind": route.destination_kind,
                 },
             )
@@ -92,16 +83,16 @@ def prediction_geojson(
             features.append(
                 _feature(
                     {"type": "LineString", "coordinates": _rounded(path_lonlat(graph, [e]))},
-                    {
-                        **common,
-                        "kind": "position",
-                        "time_s": dist.horizon_s,
-                        "edge": int(e),
-                        "probability": round(p, 4),
-                    },
+                    {"kind": "position", "time_s": dist.horizon_s, "edge": e, "probability": round(p, 4)},
                 )
             )
-    return {"type": "FeatureCollection", "features": features}
+    return {
+        "type": "FeatureCollection",
+        "incident_id": prediction.incident_id,
+        "at": prediction.at.isoformat(),
+        "model_version": prediction.model_version,
+        "features": features,
+    }
 
 
 def belief_geojson(belief: BeliefLike, graph: CompiledGraph, *, min_probability: float = 0.0) -> Json:

@@ -330,6 +330,14 @@ def test_operator_sightings_reach_a_crew_that_accepts_and_the_console_shows_it_i
     )
     assert f"{crew_id} : en position" in console.inner_text('[data-testid="timeline"]')
 
+    # The horizon slider steps through the prediction's position horizons (60, 120, 300 and
+    # 600 s; a far horizon whose every edge is below 2 % is left out), not through every
+    # crossing's ETA.
+    console.wait_for_function(
+        "Number(document.querySelector('[data-testid=\"horizon-slider\"]').max) > 0", timeout=WAIT_MS
+    )
+    assert 1 <= int(console.get_attribute('[data-testid="horizon-slider"]', "max") or 0) <= 3
+
     pad.screenshot(path=str(shots / "crew-day.png"))
     pad.click('[data-testid="theme-toggle"]')
     assert pad.get_attribute("body", "data-theme") == "night"

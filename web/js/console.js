@@ -554,6 +554,7 @@ $('[data-testid="timeline-all"]').addEventListener("change", renderTimeline);
 function horizonsOf(geojson) {
   const set = new Set();
   for (const f of geojson?.features || []) {
+    if (f.properties?.kind !== "position") continue;
     const h = f.properties?.time_s ?? f.properties?.horizon_s;
     if (typeof h === "number") set.add(h);
   }
