@@ -15,6 +15,7 @@ and the variants of ``bench/sim.py`` (``--variant centre``).
 
     .venv/bin/python bench/eval_guidance.py --map harrisburg --crews 5 --behaviour exit_seeking --runs 20
     .venv/bin/python bench/eval_guidance.py --all --runs 20     # both maps, 5 and 10 crews, both behaviours
+    .venv/bin/python bench/eval_guidance.py --all --runs 40 --first-seed 2000   # seeds apart from the bench's
     .venv/bin/python bench/eval_guidance.py --lost --crews 10 --runs 200 --all-maps [--variant centre]
 """
 
@@ -188,11 +189,17 @@ def _work(task: tuple[int]) -> dict[str, Any]:
 
 
 def evaluate(
-    map_name: str, crews: int, behaviour: str, runs: int, workers: int, ctx: CityContext
+    map_name: str,
+    crews: int,
+    behaviour: str,
+    runs: int,
+    workers: int,
+    ctx: CityContext,
+    first_seed: int = 0,
 ) -> list[dict[str, Any]]:
     sc = scenario_for(map_name, crews, behaviour)
     _W.update(ctx=ctx, scenario=sc)
-    tasks = [(i,) for i in range(runs)]
+    tasks = [(first_seed + i,) for i in range(runs)]
     if workers <= 1:
         return [_work(t) for t in tasks]
     with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork")) as pool:
@@ -264,6 +271,12 @@ def main() -> None:
     ap.add_argument("--crews", type=int, default=5)
     ap.add_argument("--behaviour", default="exit_seeking")
     ap.add_argument("--runs", type=int, default=20)
+    ap.add_argument(
+        "--first-seed",
+        type=int,
+        default=0,
+        help="seeds first-seed..first-seed+runs-1 (the bench's are 0..199: tune on others)",
+    )
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--all", action="store_true", help="both maps, 5 and 10 crews, both behaviours")
     ap.add_argument("--verbose", action="store_true")
@@ -302,7 +315,7 @@ def main() -> None:
             ctxs[m].extras["coordinator"] = _coordinator(
                 ctxs[m], json.loads(args.predictor), json.loads(args.planner)
             )
-        rows = evaluate(m, c, b, args.runs, args.workers, ctxs[m])
+        rows = evaluate(m, c, b, args.runs, args.workers, ctxs[m], first_seed=args.first_seed)
         hits = sum(r["kind"] == "interception" for r in rows)
         cats = Counter(
             f"{r.get('category')}{'' if r['oracle'] else '(unwinnable)'}"

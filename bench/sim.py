@@ -28,6 +28,7 @@ from every exit (a CSU's incidents happen in its town, not where the map's extra
     .venv/bin/python bench/sim.py --guidance-runs 20    # fewer runs of the (slow) guidance policy
     .venv/bin/python bench/sim.py --quick               # under a minute: Monaco, 10 crews, few runs
     .venv/bin/python bench/sim.py --quick --cadence fixed   # the guidance cadence before 2026-11-26
+    .venv/bin/python bench/sim.py --runs 40 --first-seed 2000 --variants '' --out /tmp/held_out.json
 """
 
 from __future__ import annotations
@@ -67,7 +68,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
 }
 
 
-def _scenario(map_name: str, crews: int, behaviour: str, variant: str | None = None) -> Any:
+def _scenario(
+    map_name: str, crews: int, behaviour: str, variant: str | None = None, first_seed: int = 0
+) -> Any:
     data: dict[str, Any] = {
         "name": f"bench-{map_name}-{crews}-{behaviour}" + (f"-{variant}" if variant else ""),
         "map": {"kind": "file", "path": f"../shared/maps/{map_name}.osm.bz2"},
@@ -75,7 +78,7 @@ def _scenario(map_name: str, crews: int, behaviour: str, variant: str | None = N
         "crews": {"count": crews, "area": {"radius_m": 3000, "min_distance_m": 300}},
         "suspect": {"behaviour": behaviour},
         "duration_s": 600,
-        "seed": 0,
+        "seed": first_seed,
         "base_dir": str(ROOT),
     }
     if variant is not None:
@@ -147,6 +150,12 @@ def main() -> None:
         "--guidance-runs", type=int, default=None, help="runs of the guidance policy (default --runs)"
     )
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument(
+        "--first-seed",
+        type=int,
+        default=0,
+        help="run i uses seed first-seed + i (the published cells: 0; held-out checks: e.g. 2000)",
+    )
     ap.add_argument("--maps", default=",".join(MAPS))
     ap.add_argument("--crews", default=",".join(str(c) for c in CREWS))
     ap.add_argument("--behaviours", default=",".join(BEHAVIOURS))
@@ -205,7 +214,7 @@ def main() -> None:
                 if b in behaviours
             ]
         for variant, crews, behaviour in cells:
-            sc = _scenario(map_name, crews, behaviour, variant)
+            sc = _scenario(map_name, crews, behaviour, variant, args.first_seed)
             recs = run_batch(
                 sc, runs=runs, policies=("chase", "nearest", "static"), workers=args.workers, ctx=ctx
             )
@@ -231,6 +240,7 @@ def main() -> None:
     doc["meta"] = {
         "runs_per_policy": runs,
         "guidance_runs": g_runs,
+        "first_seed": args.first_seed,
         "workers": args.workers,
         "cadence": args.cadence,
         "wall_s": wall_all,

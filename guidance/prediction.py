@@ -3,11 +3,12 @@
 :class:`EscapePredictor` draws K escape routes (seeded from the incident id and the belief
 time, so a replay gives the same routes): a start from the belief's weighted positions, a
 behaviour model and a destination from the mixture (whose weights the sightings update), then
-a goal-directed stochastic walk (:mod:`guidance.models`) at the model's speed until the
-horizon or the destination. From the samples it derives, per crossing, the probability that
-the suspect passes, its earliest and likely arrival, the distribution of its position at every
-horizon step, and the k most likely routes. Everything is numpy on the compiled graph; the
-per-destination time fields are computed once per city.
+a stochastic walk toward it (:mod:`guidance.models`) at the model's speed until the horizon
+or the destination (or, for a model with no destination in mind, the first exit of the map).
+From the samples it derives, per crossing, the probability that the suspect passes, its
+earliest and likely arrival, the distribution of its position at every horizon step, and the
+k most likely routes. Everything is numpy on the compiled graph; the per-destination time
+fields are computed once per city.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 import numpy as np
+import numpy.typing as npt
 from scipy.sparse.csgraph import dijkstra
 
 from guidance.models import (
@@ -41,8 +43,10 @@ from guidance.types import (
 from map_data.network_types import City
 from map_data.types import BoolArray, CompiledGraph, FloatArray, IntArray
 
-PREDICTOR_VERSION = "escape-mixture/3"
+PREDICTOR_VERSION = "escape-mixture/4"
 _STEP_BLOCK = 16  # crossings walked between two checks for the routes that ended
+_STATIC_CACHE_SIZE = 8  # incident origins whose per-model score tables are kept
+Float32Array = npt.NDArray[np.float32]
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +131,14 @@ class EscapePredictor:
         if not self.model_names:
             raise GuidanceError("every behaviour model has weight 0")
         self.destinations: DestinationSet = destination_set(self.graph, exits=exits)
+        # The exit crossings (roads cut at the map's edge): a route of a model with ``any_exit``
+        # leaves the map by the first one it reaches, rather than turning round at the end of
+        # the road.
+        exit_node = np.zeros(self.graph.n_nodes, dtype=np.bool_)
+        exit_node[self.destinations.nodes[self.destinations.is_exit]] = True
+        if exits is not None and len(exits):
+            exit_node[np.asarray(exits, dtype=np.int64)] = True
+        self._exit_node: BoolArray = exit_node
         g = self.graph
         bearings = edge_bearings(g)
         deg = np.diff(g.out_ptr)
@@ -167,11 +179,13 @@ class EscapePredictor:
         self._static_time = (self._static * temps[:, None, None] - self._succ_time[None, :, :]).astype(
             np.float32
         )
+        self._static_cache: dict[int, Float32Array] = {}
         ms = [self.models[n] for n in self.model_names]
         self._m_speed = np.array([m.speed_factor for m in ms])
         self._m_jitter = np.array([m.speed_jitter for m in ms])
         self._m_temp = np.array([m.temperature_s for m in ms])
         self._m_away = np.array([m.away_weight for m in ms])
+        self._m_any_exit = np.array([m.any_exit for m in ms], dtype=np.bool_)
         self._m_kinds = [self.destinations.kind_mask(m.destination_kinds) for m in ms]
         self._kind_values = tuple(k.value for k in self.destinations.kinds)
         self._kind_of = dict(zip(self.destinations.nodes.tolist(), self._kind_values, strict=True))
@@ -181,6 +195,30 @@ class EscapePredictor:
         )
 
     # ----------------------------------------------------------------------------------------
+
+    def _static_for(self, origin: int) -> Float32Array:
+        """Per (model, edge) row, each successor's score without the destination term, in
+        seconds (the logit times the model's temperature: same argmax): the static preferences
+        and "away from the incident" (``origin``). Terms constant over a row's choices (the time
+        left from the current node, its distance from the incident) do not change the argmax
+        and are left out. A function of the origin alone: the last few are kept."""
+        got = self._static_cache.get(origin)
+        if got is not None:
+            return got
+        g = self.graph
+        rho = (np.hypot(*(g.node_xy - g.node_xy[origin]).T) / 100.0).astype(np.float32)  # hm
+        away_m = (self._m_away * self._m_temp).astype(np.float32)
+        rho_head = rho.take(self._succ_head)
+        static = np.empty_like(self._static_time)
+        for mi in range(static.shape[0]):
+            np.multiply(rho_head, away_m[mi], out=static[mi])
+            static[mi] += self._static_time[mi]
+        out: Float32Array = static.reshape(-1, static.shape[2])
+        out.flags.writeable = False
+        if len(self._static_cache) >= _STATIC_CACHE_SIZE:
+            self._static_cache.pop(next(iter(self._static_cache)))
+        self._static_cache[origin] = out
+        return out
 
     def _check_belief(self, belief: BeliefLike) -> None:
         g = self.graph
@@ -276,24 +314,13 @@ class EscapePredictor:
         S = cfg.max_steps + 1
         n = g.n_nodes
         E = g.n_edges
-        origin_xy = g.node_xy[origin]
-        rho = (np.hypot(*(g.node_xy - origin_xy).T) / 100.0).astype(np.float32)  # hm from the incident
         tt_flat = self._times_to_flat
         succ, has_succ = self._succ, self._has_succ
         succ_head, edge_time, edge_v = self._succ_head, g.edge_time_s, g.edge_v
-        # Per (model, edge) row, each successor's score without the destination term, in seconds
-        # (the logit times the model's temperature: same argmax): the static preferences and
-        # "away from the incident". Terms constant over a row's choices
-        # (the time left from the current node, its distance from the incident) do not change
-        # the argmax and are left out.
-        away_m = (self._m_away * self._m_temp).astype(np.float32)
-        rho_head = rho.take(succ_head)
-        static = np.empty_like(self._static_time)
-        for mi in range(static.shape[0]):
-            np.multiply(rho_head, away_m[mi], out=static[mi])
-            static[mi] += self._static_time[mi]
-        static = static.reshape(-1, static.shape[2])
-        active = (t < horizon_s) & (node != dest_node) & has_succ[cur_edge]
+        static = self._static_for(origin)
+        exit_node = self._exit_node
+        any_exit = self._m_any_exit[model]
+        active = (t < horizon_s) & (node != dest_node) & ~(any_exit & exit_node[node]) & has_succ[cur_edge]
         W = succ.shape[1]
         succ_flat = succ.ravel()
         # The routes still walking advance together, ``_STEP_BLOCK`` crossings at a time: a
@@ -311,6 +338,7 @@ class EscapePredictor:
         tc = t[idx] * f_c  # free-flow time walked (the route's time times its speed factor)
         lim = horizon_s * f_c
         dest_c = dest_node[idx]
+        any_c = any_exit[idx]
         rec_idx: list[IntArray] = [np.arange(K)]
         rec_step: list[IntArray] = [np.zeros(K, dtype=np.int64)]
         rec_edge: list[IntArray] = [cur_edge]
@@ -336,7 +364,10 @@ class EscapePredictor:
                 ce = succ_flat[ce * W + logits.argmax(axis=1)]
                 walked[j] = ce
             tw = tc + np.cumsum(edge_time[walked], axis=0)
-            ended = (tw >= lim) | (edge_v[walked] == dest_c)
+            heads_w = edge_v[walked]
+            ended = (tw >= lim) | (heads_w == dest_c)
+            if any_c.any():
+                ended |= any_c & exit_node[heads_w]
             if not self._all_succ:
                 ended |= ~has_succ[walked]
             ended = np.logical_or.accumulate(ended, axis=0)
@@ -350,7 +381,7 @@ class EscapePredictor:
             rec_time.append(tw[j_took, r_took] / f_c[r_took])
             go = ~ended[-1]
             idx, ce, tc, row0, d_off = idx[go], ce[go], tw[-1][go], row0[go], d_off[go]
-            temp, f_c, lim, dest_c = temp[:, go], f_c[go], lim[go], dest_c[go]
+            temp, f_c, lim, dest_c, any_c = temp[:, go], f_c[go], lim[go], dest_c[go], any_c[go]
             s0 += nb
         all_idx = np.concatenate(rec_idx)
         all_step = np.concatenate(rec_step)
@@ -362,10 +393,8 @@ class EscapePredictor:
         times[all_idx, all_step] = np.concatenate(rec_time)
         nodes = np.where(edges >= 0, edge_v[np.maximum(edges, 0)], -1)
         last_node = nodes[np.arange(K), lengths - 1]
-        left = (
-            (last_node == dest_node)
-            & dests.is_exit[dest_idx]
-            & (times[np.arange(K), lengths - 1] <= horizon_s)
+        left = ((last_node == dest_node) & dests.is_exit[dest_idx] | any_exit & exit_node[last_node]) & (
+            times[np.arange(K), lengths - 1] <= horizon_s
         )
         weights = np.full(K, 1.0 / K)
         samples = RouteSamples(
@@ -464,30 +493,33 @@ def _node_statistics(
 
 def _top_routes(samples: RouteSamples, kind_of: Mapping[int, str], top_k: int) -> tuple[EscapeRoute, ...]:
     """Group the sampled routes by destination; report the most frequent route of each of the
-    ``top_k`` heaviest groups with the group's probability."""
+    ``top_k`` heaviest groups with the group's probability (ties: the destination of lower
+    index; within a group, the route drawn first)."""
     total = float(samples.weights.sum())
-    group_w: dict[int, float] = {}
-    for k, d in enumerate(samples.destinations.tolist()):
-        group_w[d] = group_w.get(d, 0.0) + float(samples.weights[k])
-    best_groups = sorted(group_w, key=lambda d: (-group_w[d], d))[:top_k]
+    dest_values, dest_of = np.unique(samples.destinations, return_inverse=True)
+    # (``bincount`` adds each group's weights in route order, as a running sum would.)
+    group_w = np.bincount(dest_of.ravel(), weights=samples.weights, minlength=dest_values.size)
+    best_groups = np.lexsort((dest_values, -group_w))[:top_k]
+    # One opaque value per route (its nodes, -1 padded): equal values are equal routes.
+    rows = np.ascontiguousarray(samples.nodes)
+    route_key = rows.view(np.dtype((np.void, rows.shape[1] * rows.itemsize))).ravel()
     routes: list[EscapeRoute] = []
-    for d in best_groups:
-        members = np.flatnonzero(samples.destinations == d)
-        counts: dict[bytes, tuple[float, int]] = {}
-        for k in members.tolist():
-            key = samples.nodes[k, : samples.lengths[k]].tobytes()
-            w, first = counts.get(key, (0.0, k))
-            counts[key] = (w + float(samples.weights[k]), first)
-        _, (_, rep) = max(counts.items(), key=lambda kv: (kv[1][0], -kv[1][1]))
+    for g in best_groups.tolist():
+        members = np.flatnonzero(dest_of.ravel() == g)
+        _, first, which = np.unique(route_key[members], return_index=True, return_inverse=True)
+        route_w = np.bincount(which.ravel(), weights=samples.weights[members], minlength=first.size)
+        first_k = members[first]
+        rep = int(first_k[np.lexsort((first_k, -route_w))[0]])
         n = int(samples.lengths[rep])
+        d = int(dest_values[g])
         routes.append(
             EscapeRoute(
-                nodes=tuple(int(x) for x in samples.nodes[rep, :n]),
-                edges=tuple(int(x) for x in samples.edges[rep, :n]),
-                probability=group_w[d] / total,
-                eta_s=tuple(float(x) for x in samples.times_s[rep, :n]),
-                destination=int(d),
-                destination_kind=kind_of.get(int(d), "unknown"),
+                nodes=tuple(samples.nodes[rep, :n].tolist()),
+                edges=tuple(samples.edges[rep, :n].tolist()),
+                probability=float(group_w[g]) / total,
+                eta_s=tuple(samples.times_s[rep, :n].tolist()),
+                destination=d,
+                destination_kind=kind_of.get(d, "unknown"),
             )
         )
     return tuple(routes)

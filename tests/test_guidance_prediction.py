@@ -148,11 +148,14 @@ def test_geojson_is_rfc7946(tee: tuple[City, EscapePredictor]) -> None:
     gj = prediction_geojson(p, city.graph)
     json.dumps(gj)
     assert gj["type"] == "FeatureCollection" and "crs" not in gj
+    assert gj["model_version"] == p.model_version and gj["incident_id"] == "inc-1"
     kinds = {f["properties"]["kind"] for f in gj["features"]}
     assert kinds == {"crossing", "route", "position"}
     for f in gj["features"]:
         props = f["properties"]
-        assert props["model_version"] == p.model_version and 0 < props["probability"] <= 1
+        assert 0 < props["probability"] <= 1
+        if props["kind"] == "crossing":
+            assert props["earliest_eta_s"] <= props["likely_eta_s"]
         coords = f["geometry"]["coordinates"]
         pts = [coords] if f["geometry"]["type"] == "Point" else coords
         for lon, lat in pts:
@@ -196,28 +199,37 @@ def test_position_spread_marginalises_speed() -> None:
 def test_each_route_walks_until_its_horizon_or_destination_and_no_further(horizon_s: float) -> None:
     """The walk checks for the end of the routes only every few crossings: each sampled route
     must still follow the street graph, have growing times, and stop exactly at its first
-    crossing at or past the horizon, or at its destination, whichever comes first."""
+    crossing at or past the horizon, or at its destination, or (a model with ``any_exit``, as
+    ``cruise``) at an exit of the map, whichever comes first."""
     city = grid_city(15)
     g = city.graph
     pred = EscapePredictor(city)
+    exits = set(pred.destinations.nodes[pred.destinations.is_exit].tolist())
     centre = 7 * 15 + 7
     b = PointBelief("inc-w", T0, (Position(int(g.out_of(centre)[0]), 20.0, 1.0),), centre)
     s = pred.predict(b, horizon_s=horizon_s).samples
-    ended_at_destination = 0
+    ended_at_destination = ended_at_other_exit = 0
     for k in range(s.lengths.size):
         n = int(s.lengths[k])
         edges, nodes, times = s.edges[k, :n], s.nodes[k, :n], s.times_s[k, :n]
+        any_exit = MODELS[pred.model_names[int(s.models[k])]].any_exit
         assert np.all(s.edges[k, n:] == -1) and np.all(np.isinf(s.times_s[k, n:]))
         assert np.array_equal(g.edge_v[edges], nodes)
         assert np.array_equal(g.edge_u[edges[1:]], nodes[:-1])  # each step leaves the last crossing
         assert np.all(np.diff(times) > 0)
-        # Walking until the last step: before it, neither the horizon nor the destination.
+        # Walking until the last step: before it, neither the horizon nor the destination (nor,
+        # with ``any_exit``, an exit).
         assert np.all(times[:-1] < horizon_s)
         assert not np.any(nodes[:-1] == s.destinations[k])
+        assert not (any_exit and exits.intersection(nodes[:-1].tolist()))
         reached = nodes[-1] == s.destinations[k]
-        assert reached or times[-1] >= horizon_s
+        out = any_exit and int(nodes[-1]) in exits
+        assert reached or out or times[-1] >= horizon_s
+        left = ((reached and int(nodes[-1]) in exits) or out) and times[-1] <= horizon_s
+        assert bool(s.left[k]) == bool(left)
         ended_at_destination += bool(reached)
+        ended_at_other_exit += bool(out and not reached)
     if horizon_s == 600.0:
-        assert ended_at_destination > 0
+        assert ended_at_destination > 0 and ended_at_other_exit > 0
     else:
         assert s.lengths.max() > 1 and np.all(s.times_s[:, 0] < horizon_s)
