@@ -146,44 +146,81 @@ def _road_branch_table(
     model: RoadBehaviour, graph: CompiledGraph, context: BranchContext
 ) -> tuple[IntArray, FloatArray]:
     """:meth:`RoadBehaviour.branch_probabilities` for every arriving edge, vectorised."""
-    m = graph.n_edges
-    heads = graph.edge_v
-    deg = graph.out_ptr[heads + 1] - graph.out_ptr[heads]
-    ptr = np.zeros(m + 1, dtype=np.int64)
-    np.cumsum(deg, out=ptr[1:])
-    total = int(ptr[-1])
-    in_idx = np.repeat(np.arange(m, dtype=np.int64), deg)
-    offs = np.arange(total, dtype=np.int64) - np.repeat(ptr[:-1], deg)
-    out_idx = graph.out_edges[np.repeat(graph.out_ptr[heads], deg) + offs]
-    xy = graph.geom_xy
-    ends = graph.geom_ptr[1:]
-    din = xy[ends - 1] - xy[ends - 2]
-    din = din / np.maximum(np.hypot(din[:, 0], din[:, 1]), 1e-300)[:, None]
-    din[~np.isfinite(din).all(axis=1)] = 0.0
-    starts = graph.geom_ptr[:-1]
-    dout = xy[starts + 1] - xy[starts]
-    dout = dout / np.maximum(np.hypot(dout[:, 0], dout[:, 1]), 1e-300)[:, None]
-    cos_theta = np.einsum("ij,ij->i", din[in_idx], dout[out_idx])
-    ranks = graph.edge_rank[out_idx].astype(np.float64)
-    nonempty = deg > 0
-    group_starts = ptr[:-1][nonempty]
-    min_rank = np.full(m, 0.0)
-    min_rank[nonempty] = np.minimum.reduceat(ranks, group_starts)
-    scores = -model.turn_weight * (1.0 - cos_theta) / 2.0 - model.rank_weight * (ranks - min_rank[in_idx])
-    if context.origin_xy is not None:
-        ox, oy = context.origin_xy
-        pu = graph.node_xy[graph.edge_u[out_idx]]
-        pv = graph.node_xy[graph.edge_v[out_idx]]
-        du = np.hypot(pu[:, 0] - ox, pu[:, 1] - oy)
-        dv = np.hypot(pv[:, 0] - ox, pv[:, 1] - oy)
-        length = np.maximum(graph.edge_length_m[out_idx], 1.0)
-        scores = scores + model.away_weight * np.clip((dv - du) / length, -1.0, 1.0)
-    u_turn = (graph.edge_v[out_idx] == graph.edge_u[in_idx]) | (cos_theta < -0.866)
-    scores = scores + np.where(u_turn, math.log(model.u_turn_probability), 0.0)
-    top = np.zeros(m)
-    top[nonempty] = np.maximum.reduceat(scores, group_starts)
-    p = np.exp(scores - top[in_idx])
-    sums = np.ones(m)
-    sums[nonempty] = np.add.reduceat(p, group_starts)
-    probs: FloatArray = p / sums[in_idx]
-    return ptr, probs
+    return RoadBranchParts(model, graph).table(context)
+
+
+class RoadBranchParts:
+    """The parts of :class:`RoadBehaviour`'s branch table that do not depend on the
+    :class:`BranchContext` (turning angles, road ranks, U-turns), computed once per graph.
+
+    :meth:`table` gives exactly the numbers of :meth:`RoadBehaviour.branch_table` (it is that
+    method's implementation) for any context, so trackers of one city share one instance.
+    """
+
+    def __init__(self, model: RoadBehaviour, graph: CompiledGraph) -> None:
+        self.model = model
+        self.graph = graph
+        m = graph.n_edges
+        heads = graph.edge_v
+        deg = graph.out_ptr[heads + 1] - graph.out_ptr[heads]
+        ptr = np.zeros(m + 1, dtype=np.int64)
+        np.cumsum(deg, out=ptr[1:])
+        total = int(ptr[-1])
+        in_idx = np.repeat(np.arange(m, dtype=np.int64), deg)
+        offs = np.arange(total, dtype=np.int64) - np.repeat(ptr[:-1], deg)
+        out_idx = graph.out_edges[np.repeat(graph.out_ptr[heads], deg) + offs]
+        xy = graph.geom_xy
+        ends = graph.geom_ptr[1:]
+        din = xy[ends - 1] - xy[ends - 2]
+        din = din / np.maximum(np.hypot(din[:, 0], din[:, 1]), 1e-300)[:, None]
+        din[~np.isfinite(din).all(axis=1)] = 0.0
+        starts = graph.geom_ptr[:-1]
+        dout = xy[starts + 1] - xy[starts]
+        dout = dout / np.maximum(np.hypot(dout[:, 0], dout[:, 1]), 1e-300)[:, None]
+        cos_theta = np.einsum("ij,ij->i", din[in_idx], dout[out_idx])
+        ranks = graph.edge_rank[out_idx].astype(np.float64)
+        nonempty = deg > 0
+        group_starts = ptr[:-1][nonempty]
+        min_rank = np.full(m, 0.0)
+        min_rank[nonempty] = np.minimum.reduceat(ranks, group_starts)
+        self.ptr = ptr
+        self._in_idx = in_idx
+        self._out_idx = out_idx
+        self._nonempty = nonempty
+        self._group_starts = group_starts
+        self._base = -model.turn_weight * (1.0 - cos_theta) / 2.0 - model.rank_weight * (
+            ranks - min_rank[in_idx]
+        )
+        u_turn = (graph.edge_v[out_idx] == graph.edge_u[in_idx]) | (cos_theta < -0.866)
+        self._u_turn = np.where(u_turn, math.log(model.u_turn_probability), 0.0)
+        self._away: tuple[FloatArray, FloatArray, FloatArray] | None = None
+
+    def table(self, context: BranchContext) -> tuple[IntArray, FloatArray]:
+        """``(ptr, probabilities)`` as :meth:`BranchTableModel.branch_table` (new arrays)."""
+        graph = self.graph
+        model = self.model
+        m = graph.n_edges
+        in_idx = self._in_idx
+        scores = self._base
+        if context.origin_xy is not None:
+            if self._away is None:
+                out_idx = self._out_idx
+                self._away = (
+                    graph.node_xy[graph.edge_u[out_idx]],
+                    graph.node_xy[graph.edge_v[out_idx]],
+                    np.maximum(graph.edge_length_m[out_idx], 1.0),
+                )
+            pu, pv, length = self._away
+            ox, oy = context.origin_xy
+            du = np.hypot(pu[:, 0] - ox, pu[:, 1] - oy)
+            dv = np.hypot(pv[:, 0] - ox, pv[:, 1] - oy)
+            scores = scores + model.away_weight * np.clip((dv - du) / length, -1.0, 1.0)
+        scores = scores + self._u_turn
+        nonempty, group_starts = self._nonempty, self._group_starts
+        top = np.zeros(m)
+        top[nonempty] = np.maximum.reduceat(scores, group_starts)
+        p = np.exp(scores - top[in_idx])
+        sums = np.ones(m)
+        sums[nonempty] = np.add.reduceat(p, group_starts)
+        probs: FloatArray = p / sums[in_idx]
+        return self.ptr.copy(), probs

@@ -27,13 +27,13 @@ accumulated across queries, so a belief is a pure function of the sightings and 
 from __future__ import annotations
 
 import math
-from collections.abc import Container, Sequence
+from collections.abc import Callable, Container, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from map_data.types import EdgePosition, FloatArray
-from tracking.behaviour import BranchContext, BranchModel
+from map_data.types import EdgePosition, FloatArray, IntArray
+from tracking.behaviour import BranchContext, BranchModel, RoadBehaviour, RoadBranchParts
 from tracking.config import TrackerConfig
 from tracking.kalman import H_SPEED, predict_batch, update_batch
 from tracking.roads import RoadIndex
@@ -79,10 +79,103 @@ class Hypotheses:
         return out
 
 
+_Branches = tuple[tuple[int, float], ...]
+
+
+class BranchPriors:
+    """``(out_edge, log prior)`` of the ways out at the head of each arriving edge, for one
+    branch model and :class:`BranchContext` (ways below ``min_branch_probability`` dropped),
+    memoised per arriving edge. A pure function of the graph, the model, the context and the
+    floor, so trackers agreeing on these can share one (:class:`BranchTables`).
+
+    ``table`` is the model's ``branch_table`` for this context when known; otherwise it is
+    asked of the model when it has one, else priors come from ``branch_probabilities``.
+    """
+
+    def __init__(
+        self,
+        roads: RoadIndex,
+        behaviour: BranchModel,
+        context: BranchContext,
+        min_branch_probability: float,
+        table: tuple[IntArray, FloatArray] | None = None,
+    ) -> None:
+        self.roads = roads
+        self.behaviour = behaviour
+        self.context = context
+        self.floor = min_branch_probability
+        if table is None:
+            make = getattr(behaviour, "branch_table", None)
+            if callable(make):
+                table = make(roads.graph, context)
+        self._ptr: list[int] | None = None
+        self._probs: FloatArray | None = None
+        if table is not None:
+            self._ptr = table[0].tolist()
+            self._probs = np.asarray(table[1], dtype=np.float64)
+        self._memo: dict[int, _Branches] = {}
+
+    def get(self, in_edge: int) -> _Branches:
+        """``(out_edge, log prior)`` of the ways out at the head of ``in_edge`` (tiny ones dropped)."""
+        cached = self._memo.get(in_edge)
+        if cached is not None:
+            return cached
+        roads = self.roads
+        outs = roads.out_list[roads.edge_v[in_edge]]
+        result: _Branches = ()
+        if outs:
+            p: Sequence[float] | FloatArray
+            if self._ptr is not None and self._probs is not None:
+                p = self._probs[self._ptr[in_edge] : self._ptr[in_edge + 1]].tolist()
+            else:
+                p = self.behaviour.branch_probabilities(
+                    roads.graph, in_edge, np.asarray(outs, dtype=np.int64), self.context
+                )
+            floor = self.floor
+            result = tuple((e, math.log(float(pe))) for e, pe in zip(outs, p, strict=True) if pe > floor)
+        self._memo[in_edge] = result
+        return result
+
+
+class BranchTables:
+    """Branch priors of one city's trackers, built once and shared between incidents.
+
+    For the default :class:`RoadBehaviour` the context-free parts of its table are computed
+    once (:class:`RoadBranchParts`); the priors of the context without an origin (incidents
+    opened without a position) are shared whole, memo included. Other contexts (one per
+    incident origin) get their own :class:`BranchPriors`, not kept here.
+    """
+
+    def __init__(self, roads: RoadIndex, behaviour: BranchModel, config: TrackerConfig) -> None:
+        self.roads = roads
+        self.behaviour = behaviour
+        self.min_branch_probability = config.min_branch_probability
+        self._parts: RoadBranchParts | None = None
+        self._shared: dict[BranchContext, BranchPriors] = {}
+
+    def priors(self, context: BranchContext) -> BranchPriors:
+        """The priors for ``context`` (the same object for every call without an origin)."""
+        if context.origin_xy is None:
+            shared = self._shared.get(context)
+            if shared is None:
+                shared = self._shared[context] = self._build(context)
+            return shared
+        return self._build(context)
+
+    def _build(self, context: BranchContext) -> BranchPriors:
+        table: tuple[IntArray, FloatArray] | None = None
+        if type(self.behaviour) is RoadBehaviour:
+            if self._parts is None:
+                self._parts = RoadBranchParts(self.behaviour, self.roads.graph)
+            table = self._parts.table(context)
+        return BranchPriors(self.roads, self.behaviour, context, self.min_branch_probability, table)
+
+
 class Context:
     """What the hypothesis algorithms need: roads, the branch model and the configuration.
 
-    Memoises branch priors per arriving edge (the branch context is fixed for one track).
+    Branch priors per arriving edge come from ``priors`` (shared between the trackers of a
+    city by :class:`BranchTables`), built here when not given.
     """
 
     def __init__(
@@ -91,6 +184,7 @@ class Context:
         behaviour: BranchModel,
         branch_context: BranchContext,
         config: TrackerConfig,
+        priors: BranchPriors | None = None,
     ) -> None:
         self.roads = roads
         self.behaviour = behaviour
@@ -98,33 +192,18 @@ class Context:
         self.config = config
         self.p_detect = float(roads.cameras.detection_probability)
         self._log_miss = math.log(max(1.0 - self.p_detect, 1e-9))
-        self._branches: dict[int, tuple[tuple[int, float], ...]] = {}
-        self._table: tuple[list[int], list[float]] | None = None
-        table = getattr(behaviour, "branch_table", None)
-        if callable(table):
-            ptr, probs = table(roads.graph, branch_context)
-            self._table = ([int(v) for v in ptr], [float(v) for v in probs])
-
-    def branches(self, in_edge: int) -> tuple[tuple[int, float], ...]:
-        """``(out_edge, log prior)`` of the ways out at the head of ``in_edge`` (tiny ones dropped)."""
-        cached = self._branches.get(in_edge)
-        if cached is not None:
-            return cached
-        outs = self.roads.out_list[self.roads.edge_v[in_edge]]
-        result: tuple[tuple[int, float], ...] = ()
-        if outs:
-            p: Sequence[float] | FloatArray
-            if self._table is not None:
-                ptr, probs = self._table
-                p = probs[ptr[in_edge] : ptr[in_edge + 1]]
-            else:
-                p = self.behaviour.branch_probabilities(
-                    self.roads.graph, in_edge, np.asarray(outs, dtype=np.int64), self.branch_context
-                )
-            floor = self.config.min_branch_probability
-            result = tuple((e, math.log(float(pe))) for e, pe in zip(outs, p, strict=True) if pe > floor)
-        self._branches[in_edge] = result
-        return result
+        if priors is None:
+            priors = BranchPriors(roads, behaviour, branch_context, config.min_branch_probability)
+        elif (
+            priors.roads is not roads
+            or priors.behaviour != behaviour
+            or priors.context != branch_context
+            or priors.floor != config.min_branch_probability
+        ):
+            raise ValueError("Context: shared branch priors were built for another city, model or context")
+        self.priors = priors
+        #: ``(out_edge, log prior)`` of the ways out at the head of an arriving edge.
+        self.branches: Callable[[int], _Branches] = priors.get
 
     def locate(self, route: tuple[int, ...], s: float) -> tuple[int, float, int, float]:
         """Edge, offset (clamped inside it), index in the route, and start along the route of
@@ -303,18 +382,26 @@ def propagate(ctx: Context, hyps: Hypotheses, t_s: float) -> Hypotheses:
     neg = [ctx.route_neg(routes[i], anchor[i], s_list[i], sig_list[i], skip) for i in range(len(routes))]
     lengths = ctx.roads.edge_len
     spans = ctx.roads.edge_spans
+    branches = ctx.branches
+    span_log_factor = ctx.span_log_factor
     for _ in range(cfg.max_extension_rounds):
-        need = [i for i in range(len(routes)) if s_list[i] > route_len[i] and ctx.branches(routes[i][-1])]
+        n = len(routes)
+        need = [i for i in range(n) if s_list[i] > route_len[i] and branches(routes[i][-1])]
         if not need:
             break
-        need_set = set(need)
-        floor = max(lw[i] + neg[i] for i in range(len(routes))) - _NEGLIGIBLE_LOG
-        # One record per hypothesis: (source row, route, length, last start, anchor, lw, neg).
-        records = [
-            (i, routes[i], route_len[i], last_start[i], anchor[i], lw[i], neg[i])
-            for i in range(len(routes))
-            if i not in need_set
-        ]
+        floor = max([lw[i] + neg[i] for i in range(n)]) - _NEGLIGIBLE_LOG
+        # The hypotheses kept as they are, in order, then the children of the extended ones.
+        if len(need) == n:
+            src: list[int] = []
+        else:
+            need_set = set(need)
+            src = [i for i in range(n) if i not in need_set]
+        n_routes = [routes[i] for i in src]
+        n_len = [route_len[i] for i in src]
+        n_last = [last_start[i] for i in src]
+        n_anchor = [anchor[i] for i in src]
+        n_lw = [lw[i] for i in src]
+        n_neg = [neg[i] for i in src]
         for i in need:
             base, route, s_i, sig_i, lw_i, neg_i, anchor_i = (
                 route_len[i],
@@ -325,30 +412,32 @@ def propagate(ctx: Context, hyps: Hypotheses, t_s: float) -> Hypotheses:
                 neg[i],
                 anchor[i],
             )
-            for e, logp in ctx.branches(route[-1]):
+            for e, logp in branches(route[-1]):
                 extra = 0.0
                 for cid, mid, _a, _b in spans.get(e, ()):
                     if cid != skip:
-                        extra += ctx.span_log_factor(base + mid, s_i, sig_i)
+                        extra += span_log_factor(base + mid, s_i, sig_i)
                 if lw_i + logp + neg_i + extra < floor:
                     continue
-                records.append(
-                    (i, (*route, e), base + lengths[e], base, anchor_i, lw_i + logp, neg_i + extra)
-                )
-        idx = np.fromiter((r[0] for r in records), dtype=np.int64, count=len(records))
+                src.append(i)
+                n_routes.append((*route, e))
+                n_len.append(base + lengths[e])
+                n_last.append(base)
+                n_anchor.append(anchor_i)
+                n_lw.append(lw_i + logp)
+                n_neg.append(neg_i + extra)
+        idx = np.asarray(src, dtype=np.int64)
         x, P = x[idx], P[idx]
-        routes = [r[1] for r in records]
-        route_len = [r[2] for r in records]
-        last_start = [r[3] for r in records]
-        anchor = [r[4] for r in records]
-        lw = [r[5] for r in records]
-        neg = [r[6] for r in records]
+        routes, route_len, last_start, anchor, lw, neg = n_routes, n_len, n_last, n_anchor, n_lw, n_neg
         if len(routes) > 2 * cfg.max_hypotheses:  # let a few rounds accumulate between merges
             routes, route_len, last_start, anchor, lw, neg, x, P = _merge_prune(
                 ctx, routes, route_len, last_start, anchor, lw, neg, x, P, key_last_edge=True
             )
-        s_list = x[:, 0].tolist()
-        sig_list = np.sqrt(P[:, 0, 0]).tolist()
+            s_list = x[:, 0].tolist()
+            sig_list = np.sqrt(P[:, 0, 0]).tolist()
+        else:  # the same numbers as recomputing them from the gathered states
+            s_list = [s_list[i] for i in src]
+            sig_list = [sig_list[i] for i in src]
     if dt > 0:
         routes, route_len, last_start, anchor, lw, neg, x, P = _merge_prune(
             ctx, routes, route_len, last_start, anchor, lw, neg, x, P, key_last_edge=True
@@ -454,21 +543,13 @@ def _merge_prune(
     idx_arr = np.asarray(out_idx, dtype=np.int64)
     new_x = x[idx_arr]
     new_P = P[idx_arr]
-    for pos, cl in merged_rows:
-        if pos not in keep_rows:
-            continue
-        heavy = out_idx[pos]
-        ids = np.asarray(cl, dtype=np.int64)
-        e = eff[ids]
-        w = np.exp(e - e.max())
-        w = w / w.sum()
-        xs = x[ids].copy()
-        xs[:, 0] = s_rel_arr[ids] + last_start[heavy]
-        mean = w @ xs
-        d = xs - mean
-        cov = np.einsum("i,ijk->jk", w, P[ids]) + np.einsum("i,ij,ik->jk", w, d, d)
-        new_x[pos] = mean
-        new_P[pos] = 0.5 * (cov + cov.T)
+    kept = [(pos, cl) for pos, cl in merged_rows if pos in keep_rows]
+    if kept:
+        heavy_start = [last_start[out_idx[pos]] for pos, _ in kept]
+        means, covs = _moment_match(eff, x, P, s_rel_arr, [cl for _, cl in kept], heavy_start)
+        kept_pos = np.asarray([pos for pos, _ in kept], dtype=np.int64)
+        new_x[kept_pos] = means
+        new_P[kept_pos] = covs
     order.sort(key=lambda k: out_idx[k])
     sel = np.asarray(order, dtype=np.int64)
     return (
@@ -481,6 +562,59 @@ def _merge_prune(
         new_x[sel].reshape(-1, 2),
         new_P[sel].reshape(-1, 2, 2),
     )
+
+
+def _moment_match(
+    eff: FloatArray,
+    x: FloatArray,
+    P: FloatArray,
+    s_rel: FloatArray,
+    clusters: Sequence[Sequence[int]],
+    base: Sequence[float],
+) -> tuple[FloatArray, FloatArray]:
+    """Moment-matched state of each cluster (rows of ``x``, ``P`` weighted by ``exp(eff)``),
+    positions taken as ``s_rel`` plus the cluster's ``base``: ``(len(clusters), 2)`` means and
+    ``(len(clusters), 2, 2)`` covariances, in the order of ``clusters``.
+
+    Batched over the clusters of each size; every operation is the one-cluster one (the same
+    reductions per row, over members in their order), so the numbers are exactly those of
+    :func:`_moment_match_one` cluster by cluster (tests check it bit for bit).
+    """
+    means = np.empty((len(clusters), 2), dtype=np.float64)
+    covs = np.empty((len(clusters), 2, 2), dtype=np.float64)
+    by_size: dict[int, list[int]] = {}
+    for k, cl in enumerate(clusters):
+        by_size.setdefault(len(cl), []).append(k)
+    for size, rows in by_size.items():
+        ids = np.asarray([clusters[k] for k in rows], dtype=np.int64).reshape(len(rows), size)
+        b = np.asarray([base[k] for k in rows], dtype=np.float64)
+        e = eff[ids]
+        w = np.exp(e - e.max(axis=1)[:, None])
+        w = w / w.sum(axis=1)[:, None]
+        xs = x[ids]
+        xs[:, :, 0] = s_rel[ids] + b[:, None]
+        mean = (w[:, None, :] @ xs)[:, 0, :]
+        d = xs - mean[:, None, :]
+        cov = np.einsum("ci,cijk->cjk", w, P[ids]) + np.einsum("ci,cij,cik->cjk", w, d, d)
+        means[rows] = mean
+        covs[rows] = 0.5 * (cov + np.swapaxes(cov, 1, 2))
+    return means, covs
+
+
+def _moment_match_one(
+    eff: FloatArray, x: FloatArray, P: FloatArray, s_rel: FloatArray, cluster: Sequence[int], base: float
+) -> tuple[FloatArray, FloatArray]:
+    """:func:`_moment_match` of one cluster, plainly (the reference)."""
+    ids = np.asarray(cluster, dtype=np.int64)
+    e = eff[ids]
+    w = np.exp(e - e.max())
+    w = w / w.sum()
+    xs = x[ids].copy()
+    xs[:, 0] = s_rel[ids] + base
+    mean = w @ xs
+    d = xs - mean
+    cov = np.einsum("i,ijk->jk", w, P[ids]) + np.einsum("i,ij,ik->jk", w, d, d)
+    return mean, 0.5 * (cov + cov.T)
 
 
 # --------------------------------------------------------------------------- conditioning
@@ -521,8 +655,9 @@ def condition(
     # Candidates: (parent, route, index of the seen edge in it, its start along the route,
     # extra log prior, the stretch seen).
     cands: list[tuple[int, tuple[int, ...], int, float, float, _Stretch]] = []
-    s_all = hyps.x[:, 0]
-    sig_all = np.sqrt(hyps.P[:, 0, 0])
+    s_all = hyps.x[:, 0].tolist()
+    sig_all = np.sqrt(hyps.P[:, 0, 0]).tolist()
+    look_sig, look_extra = cfg.lookahead_sigmas, cfg.lookahead_extra_m
     reach: list[float] = []
     reach_by_end: dict[int, float] = {}
     for i, route in enumerate(hyps.routes):
@@ -532,17 +667,18 @@ def condition(
                 cands.append((i, route, j, c, 0.0, stretch))
             c += lengths[e]
         r_i = min(
-            float(s_all[i] + cfg.lookahead_sigmas * sig_all[i] + cfg.lookahead_extra_m) - c,
+            s_all[i] + look_sig * sig_all[i] + look_extra - c,
             cfg.lookahead_max_m,
         )
         reach.append(r_i)
         if r_i > 0:
             reach_by_end[route[-1]] = max(reach_by_end.get(route[-1], 0.0), r_i)
     ahead = {end: _look_ahead(ctx, end, r, seen) for end, r in reach_by_end.items()}
+    route_len_in = hyps.route_len.tolist()
     for i, route in enumerate(hyps.routes):
         if reach[i] <= 0:
             continue
-        base = float(hyps.route_len[i])
+        base = route_len_in[i]
         for path, dist, logp in ahead[route[-1]]:
             if dist <= reach[i]:
                 full = route + path
@@ -571,12 +707,15 @@ def condition(
     last_start: list[float] = []
     anchor: list[float] = []
     lw: list[float] = []
+    s_cut: list[float] = []
+    lw_in, anchor_in = hyps.lw.tolist(), hyps.anchor.tolist()
+    ll_l, z_l, s_l = ll.tolist(), z.tolist(), x[:, 0].tolist()
     for k, (i, route, j, c, extra, (mid, _r, head_lw)) in enumerate(cands):
-        w = float(hyps.lw[i]) + extra + float(ll[k]) + head_lw
-        w += ctx.passed_log_factor(route, j, float(hyps.anchor[i]), float(z[k]), skip)
+        w = lw_in[i] + extra + ll_l[k] + head_lw
+        w += ctx.passed_log_factor(route, j, anchor_in[i], z_l[k], skip)
         # Cut the route to start at the sighted edge and to end at the edge of the mean.
-        s_new = float(x[k, 0]) - c
-        x[k, 0] = s_new
+        s_new = s_l[k] - c
+        s_cut.append(s_new)
         cut_end = j
         start = 0.0
         while cut_end + 1 < len(route) and s_new >= start + lengths[route[cut_end]]:
@@ -588,6 +727,7 @@ def condition(
         last_start.append(start)
         anchor.append(mid)
         lw.append(w)
+    x[:, 0] = s_cut
     merged = _merge_prune(
         ctx,
         routes,
@@ -629,17 +769,17 @@ def _look_ahead(
     floor = math.log(1e-4)
     found: list[tuple[tuple[int, ...], float, float]] = []
     stack: list[tuple[tuple[int, ...], float, float]] = [((), 0.0, 0.0)]
+    branches = ctx.branches
+    max_edges = cfg.lookahead_max_edges
     while stack:
         path, dist, logp = stack.pop()
-        last = path[-1] if path else end_edge
-        for e, lp in ctx.branches(last):
+        deeper = len(path) + 1 < max_edges
+        for e, lp in branches(path[-1] if path else end_edge):
             total = logp + lp
             if total < floor:
                 continue
-            new_path = (*path, e)
             if e in seen:
-                found.append((new_path, dist, total))
-                continue
-            if len(new_path) < cfg.lookahead_max_edges and dist + lengths[e] < reach_m:
-                stack.append((new_path, dist + lengths[e], total))
+                found.append(((*path, e), dist, total))
+            elif deeper and dist + lengths[e] < reach_m:
+                stack.append(((*path, e), dist + lengths[e], total))
     return found

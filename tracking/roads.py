@@ -3,6 +3,7 @@ positions to coordinates, and network distances by length."""
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Sequence
 
@@ -41,6 +42,8 @@ class RoadIndex:
         for e in range(graph.n_edges):
             a, b = int(graph.geom_ptr[e]), int(graph.geom_ptr[e + 1])
             self._arc[a + 1 : b] = np.cumsum(seg[a : b - 1])
+        self._arc_list: list[float] = self._arc.tolist()
+        self._geom_ptr: list[int] = graph.geom_ptr.tolist()
         gu, gv, glen = graph.edge_u, graph.edge_v, np.maximum(graph.edge_length_m, 1e-3)
         n = graph.n_nodes
         self.length_csr = _min_csr(gu, gv, glen, n)
@@ -48,18 +51,25 @@ class RoadIndex:
             np.concatenate([gu, gv]), np.concatenate([gv, gu]), np.tile(glen, 2), n
         )
 
-    def _point(self, edge: int, offset_m: float, coords: FloatArray) -> tuple[float, float, int]:
-        a, b = int(self.graph.geom_ptr[edge]), int(self.graph.geom_ptr[edge + 1])
-        arc = self._arc[a:b]
-        total = float(arc[-1])
+    def _index(self, edge: int, offset_m: float) -> tuple[int, float]:
+        """Geometry point index ``k`` (of the segment ``k, k + 1`` holding the point ``offset_m``
+        along ``edge``) and the fraction of that segment before the point."""
+        ptr = self._geom_ptr
+        a, b = ptr[edge], ptr[edge + 1]
+        arc = self._arc_list
+        total = arc[b - 1]
         length = self.edge_len[edge]
         d = 0.0 if length <= 0 else min(max(offset_m, 0.0), length) / length * total
-        i = int(np.searchsorted(arc, d, side="right")) - 1
+        i = bisect.bisect_right(arc, d, a, b) - a - 1
         i = min(max(i, 0), b - a - 2)
-        span = float(arc[i + 1] - arc[i])
-        f = 0.0 if span <= 0 else (d - float(arc[i])) / span
-        p0, p1 = coords[a + i], coords[a + i + 1]
-        return float(p0[0] + f * (p1[0] - p0[0])), float(p0[1] + f * (p1[1] - p0[1])), a + i
+        k = a + i
+        span = arc[k + 1] - arc[k]
+        return k, (0.0 if span <= 0 else (d - arc[k]) / span)
+
+    def _point(self, edge: int, offset_m: float, coords: FloatArray) -> tuple[float, float, int]:
+        k, f = self._index(edge, offset_m)
+        x0, y0, x1, y1 = coords.item(k, 0), coords.item(k, 1), coords.item(k + 1, 0), coords.item(k + 1, 1)
+        return x0 + f * (x1 - x0), y0 + f * (y1 - y0), k
 
     def position_xy(self, edge: int, offset_m: float) -> tuple[float, float]:
         """Projected metres of the point ``offset_m`` along ``edge``."""
@@ -73,9 +83,17 @@ class RoadIndex:
 
     def bearing_deg(self, edge: int, offset_m: float) -> float:
         """Travel direction on ``edge`` at ``offset_m`` (0 = north, clockwise, degrees)."""
-        _, _, k = self._point(edge, offset_m, self.graph.geom_xy)
+        k, _ = self._index(edge, offset_m)
+        return self._bearing_at(k)
+
+    def lonlat_bearing(self, edge: int, offset_m: float) -> tuple[LonLat, float]:
+        """:meth:`position_lonlat` and :meth:`bearing_deg` at once."""
+        lon, lat, k = self._point(edge, offset_m, self.graph.geom_lonlat)
+        return LonLat(lon, lat), self._bearing_at(k)
+
+    def _bearing_at(self, k: int) -> float:
         xy = self.graph.geom_xy
-        dx, dy = float(xy[k + 1, 0] - xy[k, 0]), float(xy[k + 1, 1] - xy[k, 1])
+        dx, dy = xy.item(k + 1, 0) - xy.item(k, 0), xy.item(k + 1, 1) - xy.item(k, 1)
         return math.degrees(math.atan2(dx, dy)) % 360.0
 
     def directed_lengths_from(self, nodes: Sequence[int], *, limit_m: float | None = None) -> FloatArray:

@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import bisect
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
 from map_data.errors import CameraSeesNothingError, UnknownCameraError
-from map_data.network_types import City
+from map_data.network_types import City, EdgeSpan
 from map_data.types import EdgePosition, LonLat
 from tracking.behaviour import BranchContext, BranchModel, RoadBehaviour
 from tracking.config import TrackerConfig
@@ -35,6 +36,7 @@ from tracking.errors import (
     WrongIncidentError,
 )
 from tracking.hypotheses import (
+    BranchTables,
     Context,
     Hypotheses,
     condition,
@@ -74,7 +76,9 @@ class Tracker:
     ``incident_id`` (adopted from the first sighting when omitted), ``opened_at`` (sightings
     before it are flagged) and ``origin`` (the incident's position: the belief starts there
     before any sighting, and drivers are taken to flee away from it) are optional.
-    ``roads`` lets several trackers of one city share the precomputed :class:`RoadIndex`.
+    ``roads`` lets several trackers of one city share the precomputed :class:`RoadIndex`, and
+    ``branch_tables`` (built on that ``roads``) their branch priors; the belief is the same
+    with or without them.
     """
 
     def __init__(
@@ -87,9 +91,13 @@ class Tracker:
         opened_at: datetime | None = None,
         origin: EdgePosition | None = None,
         roads: RoadIndex | None = None,
+        branch_tables: BranchTables | None = None,
     ) -> None:
         self.city = city
         self.config = config or TrackerConfig()
+        if branch_tables is not None:
+            roads = roads or branch_tables.roads
+            behaviour = behaviour or branch_tables.behaviour
         self.roads = roads or RoadIndex(city.graph, city.cameras)
         self.incident_id = incident_id
         if opened_at is not None:
@@ -111,9 +119,10 @@ class Tracker:
             origin_xy = self.roads.position_xy(origin.edge, origin.offset_m)
             half = origin.offset_m < 0.5 * graph.edge_length_m[origin.edge]
             self._origin_node = int(graph.edge_u[origin.edge] if half else graph.edge_v[origin.edge])
-        self._ctx = Context(
-            self.roads, behaviour or RoadBehaviour(), BranchContext(origin_xy=origin_xy), self.config
-        )
+        behaviour = behaviour or RoadBehaviour()
+        branch_context = BranchContext(origin_xy=origin_xy)
+        priors = branch_tables.priors(branch_context) if branch_tables is not None else None
+        self._ctx = Context(self.roads, behaviour, branch_context, self.config, priors)
         self._initial: Hypotheses | None = None
         if origin is not None and opened_at is not None:
             self._initial = initiate_at_origin(self._ctx, opened_at.timestamp(), origin)
@@ -252,17 +261,48 @@ class Tracker:
                     best = min(best, 0.5 * (b.start_m + b.end_m - a.start_m - a.end_m))
         if limit_m is not None and limit_m <= 0:
             return best
-        heads = sorted({self.roads.edge_v[a.edge] for a in src})
-        dist = self.roads.directed_lengths_from(heads, limit_m=limit_m)
-        row = {h: k for k, h in enumerate(heads)}
-        for a in src:
-            rem = lengths[a.edge] - 0.5 * (a.start_m + a.end_m)
-            d_row = dist[row[self.roads.edge_v[a.edge]]]
-            for b in dst:
-                total = rem + float(d_row[self.roads.edge_u[b.edge]]) + 0.5 * (b.start_m + b.end_m)
-                best = min(best, total)
+        # Most pairs of cameras are much nearer than the limit: a Dijkstra bounded by a guess
+        # from the straight line settles them; a distance within the bound is the exact one
+        # (every node within it is settled with the same distance), else search to the limit.
+        a0, b0 = src[0], dst[0]
+        ax, ay = self.roads.position_xy(a0.edge, 0.5 * (a0.start_m + a0.end_m))
+        bx, by = self.roads.position_xy(b0.edge, 0.5 * (b0.start_m + b0.end_m))
+        guess = 2.0 * math.hypot(bx - ax, by - ay) + 100.0
+        if limit_m is None or guess < limit_m:
+            near = self._road_distance_upto(src, dst, best, guess)
+            # A pair beyond the guess is farther than this (spans lie inside their edges).
+            lengths = self.roads.edge_len
+            bound = (
+                guess
+                + min(lengths[a.edge] - 0.5 * (a.start_m + a.end_m) for a in src)
+                + min(0.5 * (b.start_m + b.end_m) for b in dst)
+            )
+            if near <= bound:
+                return math.inf if limit_m is not None and near > limit_m else near
+        best = self._road_distance_upto(src, dst, best, limit_m)
         if limit_m is not None and best > limit_m:
             return math.inf
+        return best
+
+    def _road_distance_upto(
+        self, src: Sequence[EdgeSpan], dst: Sequence[EdgeSpan], best: float, limit_m: float | None
+    ) -> float:
+        """The smaller of ``best`` and the shortest ``src`` -> ``dst`` distance through the
+        network (exact when at most ``limit_m``, else larger)."""
+        roads = self.roads
+        lengths = roads.edge_len
+        heads = sorted({roads.edge_v[a.edge] for a in src})
+        dist = roads.directed_lengths_from(heads, limit_m=limit_m)
+        row = {h: k for k, h in enumerate(heads)}
+        # The distances to the tails of the seen edges, as Python floats (same values).
+        to_tails = dist[:, [roads.edge_u[b.edge] for b in dst]].tolist()
+        mids = [0.5 * (b.start_m + b.end_m) for b in dst]
+        for a in src:
+            rem = lengths[a.edge] - 0.5 * (a.start_m + a.end_m)
+            for d, mid in zip(to_tails[row[roads.edge_v[a.edge]]], mids, strict=True):
+                total = rem + d + mid
+                if total < best:
+                    best = total
         return best
 
     # ------------------------------------------------------------------ queries
@@ -334,10 +374,10 @@ class Tracker:
             positions.append(WeightedPosition(edge, offset, pi, float(h.x[i, 1])))
             prefix = route[: k + 1]
             routes[prefix] = routes.get(prefix, 0.0) + pi
-            ll = roads.position_lonlat(edge, offset)
+            ll, bearing = roads.lonlat_bearing(edge, offset)
             lon += pi * ll.lon
             lat += pi * ll.lat
-            b = math.radians(roads.bearing_deg(edge, offset))
+            b = math.radians(bearing)
             sin_h += pi * math.sin(b)
             cos_h += pi * math.cos(b)
         positions.sort(key=lambda wp: (-wp.probability, wp.edge, wp.offset_m))
@@ -352,6 +392,10 @@ class Tracker:
         else:
             since = (at - self.opened_at).total_seconds() if self.opened_at is not None else 0.0
         origin_node = step.origin_node if step is not None else self._origin_node
+        # ``x % 360`` of a tiny negative angle rounds to 360.0: that is north, 0.
+        heading_deg = math.degrees(math.atan2(sin_h, cos_h)) % 360.0
+        if heading_deg >= 360.0:
+            heading_deg = 0.0
         return Belief(
             incident_id=self.incident_id or "",
             at=at,
@@ -360,7 +404,7 @@ class Tracker:
             sigma_along_m=math.sqrt(max(var_d, 0.0)),
             speed_mps=mean_v,
             speed_sigma_mps=math.sqrt(max(var_v, 0.0)),
-            heading_deg=math.degrees(math.atan2(sin_h, cos_h)) % 360.0,
+            heading_deg=heading_deg,
             since_last_sighting_s=since,
             top_routes=tuple(RouteProbability(r, pr) for r, pr in top),
             last_camera_id=step.last_camera_id if step is not None else None,
@@ -382,8 +426,11 @@ class Tracks:
     ) -> None:
         self.city = city
         self.config = config or TrackerConfig()
-        self._behaviour = behaviour
+        self._behaviour = behaviour or RoadBehaviour()
         self._roads = RoadIndex(city.graph, city.cameras)
+        # Branch priors shared by the incidents' trackers (exactly those each would build).
+        self._branch_tables = BranchTables(self._roads, self._behaviour, self.config)
+        self._branch_tables.priors(BranchContext())  # built now rather than at the first open
         self._tracks: dict[str, Tracker] = {}
 
     def open(self, incident_id: str, at: datetime, origin: EdgePosition | None = None) -> Tracker:
@@ -399,6 +446,7 @@ class Tracks:
             opened_at=at,
             origin=origin,
             roads=self._roads,
+            branch_tables=self._branch_tables,
         )
         self._tracks[incident_id] = tracker
         return tracker
