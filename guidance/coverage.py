@@ -86,12 +86,30 @@ def coverage_value(problem: CoverageProblem, assignment: tuple[int, ...] | list[
             raise GuidanceError(f"crew {c} cannot reach point {p} in time")
     if not points:
         return 0.0
-    inc = sp.csr_matrix(problem.incidence)
+    inc = _as_csr(problem.incidence)
     covered = np.zeros(inc.shape[1], dtype=bool)
     for p in points:
         lo, hi = inc.indptr[p], inc.indptr[p + 1]
         covered[inc.indices[lo:hi][inc.data[lo:hi] != 0]] = True
     return float(problem.route_weights[covered].sum())
+
+
+def _as_csr(m: sp.spmatrix | sp.sparray) -> sp.csr_matrix:
+    """``m`` as a CSR matrix: itself when it is one already (no new object)."""
+    if type(m) is sp.csr_matrix:
+        return m
+    out: sp.csr_matrix = sp.csr_matrix(m)
+    return out
+
+
+def _ones_csr(m: sp.spmatrix | sp.sparray) -> sp.csr_matrix:
+    """The pattern of ``m`` as a float CSR matrix of ones (``m`` itself when it is one already;
+    never written to)."""
+    if type(m) is sp.csr_matrix and m.dtype == np.float64 and bool(np.all(m.data == 1.0)):
+        return m
+    inc = sp.csr_matrix(m, dtype=np.float64, copy=True)
+    inc.data[:] = 1.0
+    return inc
 
 
 def _residual(w: FloatArray, count: np.ndarray, rho: float) -> FloatArray:
@@ -156,8 +174,7 @@ def lazy_greedy(
     than recomputed over every crew: the picks are those of the plain loop.
     """
     C, P = problem.feasible.shape
-    inc = sp.csr_matrix(problem.incidence, dtype=np.float64)
-    inc.data[:] = 1.0
+    inc = _ones_csr(problem.incidence)
     w = problem.route_weights.astype(np.float64)
     feasible = problem.feasible
     assign = [-1] * C
@@ -228,8 +245,14 @@ def lazy_greedy(
             problem.max_assignments,
             min_gain,
             rho=rho,
+            state=(count, used),
         )
-    value = coverage_value(problem, assign)
+    if inc is problem.incidence:
+        # ``count`` is kept exact through every placement and move, and every stored entry of
+        # the incidence is a 1: this is :func:`coverage_value` of the assignment.
+        value = float(problem.route_weights[count > 0].sum())
+    else:
+        value = coverage_value(problem, assign)
     return CoverageSolution(assignment=tuple(assign), value=value)
 
 
@@ -244,12 +267,15 @@ def _improve(
     min_gain: float,
     rounds: int = 2,
     rho: float = 1.0,
+    state: tuple[np.ndarray, BoolArray] | None = None,
 ) -> None:
     """Move one crew at a time to its best point given the others (in place).
 
     ``movable`` are the crews that may move (``feasible`` and ``bonus`` hold their rows, in
     that order). The gains given every placed crew are computed once and reused for every
-    crew that holds, and again after a crew returns to the point it had."""
+    crew that holds, and again after a crew returns to the point it had. ``state`` (optional):
+    the manned points' count per route and the used points of ``assign``, updated in place
+    (computed from ``assign`` when not given)."""
     indptr, indices = inc.indptr, inc.indices
 
     def rows(p: int) -> np.ndarray:
@@ -257,12 +283,15 @@ def _improve(
         return out
 
     P = inc.shape[0]
-    count = np.zeros(inc.shape[1], dtype=np.int64)
-    used = np.zeros(P, dtype=bool)
-    for a in assign:
-        if a >= 0:
-            count[rows(a)] += 1
-            used[a] = True
+    if state is not None:
+        count, used = state
+    else:
+        count = np.zeros(inc.shape[1], dtype=np.int64)
+        used = np.zeros(P, dtype=bool)
+        for a in assign:
+            if a >= 0:
+                count[rows(a)] += 1
+                used[a] = True
     n_assigned = int(used.sum())
     full_gains: FloatArray | None = None  # gains given every placed crew (valid while unchanged)
     order = movable.tolist()

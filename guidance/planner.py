@@ -48,6 +48,7 @@ from map_data.types import BoolArray, CompiledGraph, FloatArray, IntArray
 PLANNER_VERSION = "max-coverage/4"
 _CREW_CACHE_BYTES = 64 * 2**20  # Dijkstra rows kept by an InterceptionPlanner (cleared when full)
 _ROUTE_CACHE_SIZE = 4096  # suggestion routes and labels kept by an InterceptionPlanner (cleared when full)
+_EDGE_CACHE_SIZE = 16384  # edges' polylines and bearings kept by an InterceptionPlanner (cleared when full)
 _REVERSE_PRUNE_MIN = 64  # crews left after the straight-line test that justify one reverse Dijkstra
 
 
@@ -83,6 +84,7 @@ def _crew_start(graph: CompiledGraph, crews: Sequence[Crew]) -> tuple[IntArray, 
 
 _Row = tuple[FloatArray, IntArray]
 _Route = tuple[tuple[tuple[float, float], ...], tuple[str, ...]]  # polyline (lon, lat), turns
+_EdgePiece = tuple[tuple[tuple[float, float], ...], tuple[float, float]]  # polyline, bearings
 _QuantCache = tuple[EscapePrediction, tuple[object, ...], BoolArray, list[FloatArray]]
 
 
@@ -231,10 +233,28 @@ def _bearing_deg(xy: FloatArray) -> float:
     return math.degrees(math.atan2(float(d[1]), float(d[0])))
 
 
+def _edge_bearings(graph: CompiledGraph, edge: int) -> tuple[float, float]:
+    """The bearings (degrees) of the first and of the last segment of ``edge`` (of at least one
+    point), as :func:`turn_instructions` computes them."""
+    ptr, xy = graph.geom_ptr, graph.geom_xy
+    lo, hi = int(ptr[edge]), int(ptr[edge + 1])
+    if hi - lo >= 2:
+        dx, dy = (xy[lo + 1] - xy[lo]).tolist()
+        ex, ey = (xy[hi - 1] - xy[hi - 2]).tolist()
+        return math.degrees(math.atan2(dy, dx)), math.degrees(math.atan2(ey, ex))
+    return _bearing_deg(graph.edge_xy(edge)[:2]), _bearing_deg(graph.edge_xy(edge)[-2:])
+
+
 def turn_instructions(
-    graph: CompiledGraph, edges: Sequence[int], target_names: Sequence[str]
+    graph: CompiledGraph,
+    edges: Sequence[int],
+    target_names: Sequence[str],
+    *,
+    bearings: Sequence[tuple[float, float]] | None = None,
 ) -> tuple[str, ...]:
-    """French turn list along ``edges``: one line per street change or marked turn."""
+    """French turn list along ``edges``: one line per street change or marked turn.
+
+    ``bearings`` (optional): each edge's :func:`_edge_bearings`, when the caller keeps them."""
     if not edges:
         return ("Vous êtes sur place",)
 
@@ -244,7 +264,10 @@ def turn_instructions(
     out = [f"Prendre {street(edges[0])}"]
     e = np.asarray(edges, dtype=np.int64)
     ptr, xy = graph.geom_ptr, graph.geom_xy
-    if np.all(ptr[e + 1] - ptr[e] >= 2):  # the first and last segment of every edge, at once
+    if bearings is not None:
+        leave = [b[0] for b in bearings]
+        arrive = [b[1] for b in bearings]
+    elif np.all(ptr[e + 1] - ptr[e] >= 2):  # the first and last segment of every edge, at once
         first = (xy[ptr[e] + 1] - xy[ptr[e]]).tolist()
         last = (xy[ptr[e + 1] - 1] - xy[ptr[e + 1] - 2]).tolist()
         leave = [math.degrees(math.atan2(dy, dx)) for dx, dy in first]
@@ -268,6 +291,52 @@ def turn_instructions(
     return tuple(out)
 
 
+def _finite_or_zero(x: FloatArray) -> FloatArray:
+    """``np.nan_to_num(x, posinf=0.0)``, without a copy when every value is finite."""
+    if bool(np.isfinite(x).all()):
+        return x
+    out: FloatArray = np.nan_to_num(x, posinf=0.0)
+    return out
+
+
+def _group_starts(a: IntArray) -> IntArray:
+    """Where each run of equal values of ``a`` starts (``a`` grouped, e.g. sorted)."""
+    new = np.empty(a.size, dtype=bool)
+    new[:1] = True
+    np.not_equal(a[1:], a[:-1], out=new[1:])
+    out: IntArray = np.flatnonzero(new)
+    return out
+
+
+def _node_time_order(nodes: IntArray, times: FloatArray, n_nodes: int) -> IntArray:
+    """``np.lexsort((times, nodes))``: by node, then time, then index.
+
+    Three stable 16-bit radix sorts (times rounded down onto 2**32 steps of their range: low
+    then high half; then nodes) are a few times faster than one comparison sort; times too
+    close for the steps may come out of order, which is detected, and then ``lexsort``
+    decides, so the order is always the exact one (equal times keep their index order in
+    both). Without 16-bit nodes, one stable sort on a float key (node + time scaled into
+    [0, 1)), checked the same way; with non-finite times, ``lexsort``."""
+    t_min, t_max = float(times.min()), float(times.max())
+    if not (math.isfinite(t_min) and math.isfinite(t_max)):
+        out: IntArray = np.lexsort((times, nodes))
+        return out
+    span = t_max - t_min
+    if n_nodes <= 1 << 16:
+        top = float(2**32 - 1)
+        scale = top / span if span > 0 else 0.0
+        steps = np.minimum((times - t_min) * scale, top).astype(np.uint32)
+        order: IntArray = np.argsort((steps & 0xFFFF).astype(np.uint16), kind="stable")
+        order = order[np.argsort((steps[order] >> 16).astype(np.uint16), kind="stable")]
+        order = order[np.argsort(nodes[order].astype(np.uint16), kind="stable")]
+    else:
+        order = np.argsort(nodes + (times - t_min) / (2.0 * span + 1.0), kind="stable")
+    n_s, t_s = nodes[order], times[order]
+    if np.any((n_s[1:] == n_s[:-1]) & (t_s[1:] < t_s[:-1])):
+        order = np.lexsort((times, nodes))
+    return order
+
+
 def arrival_quantiles(
     nodes: IntArray, times: FloatArray, weights: FloatArray, n_nodes: int, levels: Sequence[float]
 ) -> list[FloatArray]:
@@ -276,26 +345,73 @@ def arrival_quantiles(
     out = [np.full(n_nodes, np.inf) for _ in levels]
     if nodes.size == 0 or not levels:
         return out
-    # By node, then time: a stable sort on one float key (node + time scaled into [0, 1)) is
-    # several times faster than ``lexsort``; the rare pair of times too close for the key's
-    # precision is detected, and then ``lexsort`` decides, so the order is always the exact one.
-    t_min, t_max = float(times.min()), float(times.max())
-    key = nodes + (times - t_min) / (2.0 * (t_max - t_min) + 1.0)
-    order = np.argsort(key, kind="stable")
+    order = _node_time_order(nodes, times, n_nodes)
     n_s, t_s = nodes[order], times[order]
-    if np.any((n_s[1:] == n_s[:-1]) & (t_s[1:] < t_s[:-1])) or not np.isfinite(key).all():
-        order = np.lexsort((times, nodes))
-        n_s, t_s = nodes[order], times[order]
     w_s = weights[order]
-    starts = np.flatnonzero(np.r_[True, n_s[1:] != n_s[:-1]])
-    ends = np.r_[starts[1:], n_s.size]
+    starts = _group_starts(n_s)
+    ends = np.concatenate((starts[1:], [n_s.size]))
     cum = np.cumsum(w_s)
-    before = np.r_[0.0, cum][starts]
+    before = np.where(starts > 0, cum[starts - 1], 0.0)  # cum before each group
     total = cum[ends - 1] - before
     for i, q in enumerate(levels):
         idx = np.searchsorted(cum, before + q * total + 1e-12, side="left")
         out[i][n_s[starts]] = t_s[np.clip(idx, starts, ends - 1)]
     return out
+
+
+def _incidence(
+    rows: IntArray,
+    nodes: IntArray,
+    times: FloatArray,
+    shift: float,
+    tau: FloatArray,
+    order_pt: IntArray,
+    first_of: IntArray,
+    count_of: IntArray,
+    shape: tuple[int, int],
+) -> sp.csr_matrix:
+    """Points × routes (CSR, ones): point ``p`` covers the routes whose first arrival at its
+    crossing (``rows``, ``nodes``, ``times - shift``, routes in increasing order) is at or
+    after ``tau[p] - 1e-9``. ``order_pt`` lists the points by crossing then level; the points of
+    crossing ``v`` are ``order_pt[first_of[v] : first_of[v] + count_of[v]]``.
+
+    Built in CSR directly (each point's routes stay in increasing order): the same arrays as
+    ``csr_matrix((ones, (points, routes)))`` gives, without its COO conversion."""
+    P, K = shape
+    has = first_of[nodes] >= 0
+    r_sel, n_sel, t_sel = rows[has], nodes[has], times[has] - shift
+    cnt = count_of[n_sel]
+    first = first_of[n_sel]
+    pts_parts: list[IntArray] = []
+    col_parts: list[IntArray] = []
+    for k in range(int(count_of.max(initial=0))):
+        if k:
+            ok = np.flatnonzero(cnt > k)
+            pts = order_pt[first[ok] + k]
+            hit = t_sel[ok] >= tau[pts] - 1e-9
+            pts_parts.append(pts[hit])
+            col_parts.append(r_sel[ok[hit]])
+        else:
+            pts = order_pt[first]
+            hit = t_sel >= tau[pts] - 1e-9
+            pts_parts.append(pts[hit])
+            col_parts.append(r_sel[hit])
+    if pts_parts:
+        pr = np.concatenate(pts_parts)
+        pc = np.concatenate(col_parts)
+    else:
+        pr = pc = np.zeros(0, dtype=np.int64)
+    if r_sel.size < 2 or bool(np.all(r_sel[1:] >= r_sel[:-1])):
+        # A point's entries all come from one pass of the loop, routes increasing: a stable
+        # sort by point keeps them so (the canonical CSR order).
+        order = np.argsort(pr.astype(np.uint16) if P <= 1 << 16 else pr, kind="stable")
+    else:
+        order = np.lexsort((pc, pr))
+    idx_dtype = np.int32 if max(P, K, pr.size) < 2**31 else np.int64
+    indices = pc[order].astype(idx_dtype)
+    indptr = np.zeros(P + 1, dtype=idx_dtype)
+    np.cumsum(np.bincount(pr, minlength=P), out=indptr[1:])
+    return sp.csr_matrix((np.ones(pr.size), indices, indptr), shape=(P, K))
 
 
 def _align_with_previous(
@@ -329,6 +445,7 @@ class InterceptionPlanner:
         self._fastest: tuple[IntArray, IntArray] | None = None
         self._routes: dict[tuple[int, int, float], _Route] = {}
         self._labels: dict[tuple[int, bool], tuple[tuple[str, ...], str]] = {}
+        self._edge_cache: dict[int, _EdgePiece] = {}
         self._path_edges([])  # builds the table of fastest edges now rather than in a plan
         self._quant_cache: _QuantCache | None = None
 
@@ -385,7 +502,9 @@ class InterceptionPlanner:
         cfg = self.config
         g = self.graph
         C, P = len(crews), int(pt_node.size)
-        nodes, at_node = np.unique(pt_node, return_inverse=True)
+        srt = np.sort(pt_node)
+        nodes = srt[_group_starts(srt)]
+        at_node = np.searchsorted(nodes, pt_node)  # np.unique(pt_node, return_inverse=True)
         eta = np.full((C, nodes.size), np.inf)
         if C == 0:
             return _PointTimes(eta, at_node, np.zeros(0, dtype=np.int64), {}, np.zeros(0, dtype=bool), 0.0)
@@ -563,8 +682,9 @@ class InterceptionPlanner:
         speed = self._max_speed_mps()
         search = reach_ff >= 0.0
         if speed > 0:
-            box = g.node_xy[targets]
-            lo, hi = box.min(axis=0), box.max(axis=0)
+            bx, by = g.node_xy[targets, 0], g.node_xy[targets, 1]
+            lo = np.array([bx.min(), by.min()])
+            hi = np.array([bx.max(), by.max()])
             xy = g.node_xy[heads]
             gap = np.maximum(np.maximum(lo - xy, xy - hi), 0.0)
             search &= np.hypot(gap[:, 0], gap[:, 1]) / speed <= reach_ff
@@ -736,10 +856,6 @@ class InterceptionPlanner:
         arrivals = prediction.first_arrivals or first_arrivals(prediction.samples, prediction.horizon_s)
         rows, nodes, a_times = arrivals
         weights = prediction.samples.weights / prediction.samples.weights.sum()
-        in_cand = np.zeros(g.n_nodes, dtype=bool)
-        in_cand[cand] = True
-        sel = in_cand[nodes]
-        rows, nodes, a_times = rows[sel], nodes[sel], a_times[sel] - shift
         levels = cfg.arrival_levels
         quant = [q[cand] - shift for q in self._quantiles(prediction, arrivals, weights, levels[1:], cand)]
         L = len(levels)
@@ -787,7 +903,9 @@ class InterceptionPlanner:
             first_eta = times.eta_nodes.min(axis=0)[times.at_node]
             some = first_eta + cfg.safety_margin_s <= tau
             if previous_pairs:
-                some |= np.isin(pt_node, [v for _, v in previous_pairs])
+                prev_mask = np.zeros(g.n_nodes, dtype=bool)
+                prev_mask[[v for _, v in previous_pairs]] = True
+                some |= prev_mask[pt_node]
         else:
             some = np.zeros(pt_node.size, dtype=bool)
         pt_node, pt_level, tau = pt_node[some], pt_level[some], tau[some]
@@ -798,14 +916,17 @@ class InterceptionPlanner:
                 feasible[index[crew_id], pt_node == v] = False
         # A kept target takes the lowest level the crew still beats (by ``keep_margin_s``).
         kept_pairs: dict[int, int] = {}
-        for ci, v in previous_pairs:
-            js = np.flatnonzero((pt_node == v) & (eta[ci] + cfg.keep_margin_s <= tau))
-            if js.size == 0:
-                continue
-            j = int(js[np.argmin(pt_level[js])])
-            if j not in kept_pairs.values():
-                feasible[ci, j] = True
-                kept_pairs[ci] = j
+        if previous_pairs and pt_node.size:
+            pc_i = np.array([ci for ci, _ in previous_pairs], dtype=np.int64)
+            pc_v = np.array([v for _, v in previous_pairs], dtype=np.int64)
+            ok_pt = (pt_node[None, :] == pc_v[:, None]) & (eta[pc_i] + cfg.keep_margin_s <= tau[None, :])
+            # The first point of the lowest level (``argmin`` takes the first of equal ones).
+            lowest = np.argmin(np.where(ok_pt, pt_level[None, :], L), axis=1)
+            any_ok = ok_pt.any(axis=1).tolist()
+            for (ci, _), ok_i, j in zip(previous_pairs, any_ok, lowest.tolist(), strict=True):
+                if ok_i and j not in kept_pairs.values():
+                    feasible[ci, j] = True
+                    kept_pairs[ci] = j
         reach = feasible.any(axis=0)
         pt_node, pt_level, tau = pt_node[reach], pt_level[reach], tau[reach]
         eta, feasible = eta[:, reach], feasible[:, reach]
@@ -821,23 +942,10 @@ class InterceptionPlanner:
         count_of = np.zeros(g.n_nodes, dtype=np.int64)
         if P:
             sn = pt_node[order_pt]
-            starts = np.flatnonzero(np.r_[True, sn[1:] != sn[:-1]])
+            starts = _group_starts(sn)
             first_of[sn[starts]] = starts
-            count_of[sn[starts]] = np.diff(np.r_[starts, sn.size])
-        inc_rows: list[IntArray] = []
-        inc_cols: list[IntArray] = []
-        has = first_of[nodes] >= 0
-        r_sel, n_sel, t_sel = rows[has], nodes[has], a_times[has]
-        for k in range(int(count_of.max(initial=0))):
-            ok = count_of[n_sel] > k
-            pos = first_of[n_sel[ok]] + k
-            pts = order_pt[pos]
-            hit = t_sel[ok] >= tau[pts] - 1e-9
-            inc_rows.append(pts[hit])
-            inc_cols.append(r_sel[ok][hit])
-        pr = np.concatenate(inc_rows) if inc_rows else np.zeros(0, dtype=np.int64)
-        pc = np.concatenate(inc_cols) if inc_cols else np.zeros(0, dtype=np.int64)
-        incidence = sp.csr_matrix((np.ones(pr.size), (pr, pc)), shape=(P, K))
+            count_of[sn[starts]] = np.diff(np.concatenate((starts, [sn.size])))
+        incidence = _incidence(rows, nodes, a_times, shift, tau, order_pt, first_of, count_of, (P, K))
         covered_p = np.asarray(incidence @ weights).ravel()
 
         # The tie-break bonus only matters on feasible pairs (the solver never looks elsewhere).
@@ -846,10 +954,8 @@ class InterceptionPlanner:
         with np.errstate(invalid="ignore"):
             margin = tau[fc] - eta[fr, fc]
             wait = likely[pt_node[fc]] - eta[fr, fc]
-        early = np.clip(np.nan_to_num(margin, posinf=0.0), 0.0, 120.0) / 120.0
-        idle = np.clip(
-            (np.nan_to_num(wait, posinf=0.0) - cfg.max_wait_s) / max(cfg.max_wait_s, 1.0), 0.0, 1.0
-        )
+        early = np.clip(_finite_or_zero(margin), 0.0, 120.0) / 120.0
+        idle = np.clip((_finite_or_zero(wait) - cfg.max_wait_s) / max(cfg.max_wait_s, 1.0), 0.0, 1.0)
         bonus[fr, fc] = 1e-6 * early - 1e-6 * idle
         problem = CoverageProblem(
             incidence=incidence,
@@ -870,7 +976,9 @@ class InterceptionPlanner:
             # A fresh plan covers at most the routes of all the points (each is in some crew's
             # reach): when those are not more than the hysteresis above the kept plan, the kept
             # plan is chosen whatever the fresh one, which is then not computed.
-            all_routes = float(weights[np.unique(incidence.indices)].sum())
+            reached = np.zeros(K, dtype=bool)
+            reached[incidence.indices] = True
+            all_routes = float(weights[reached].sum())
             if all_routes <= kept.value + cfg.hysteresis:
                 chosen = kept
                 kept_ids = {eligible[ci].crew_id for ci in fixed}
@@ -1005,14 +1113,44 @@ class InterceptionPlanner:
         hit = self._routes.get(key)
         if hit is not None:
             return hit
-        g = self.graph
         path = path_from_predecessors(times.predecessors[ci], head, node)
         edges = [edge, *self._path_edges(path)]
         names, _ = self._names_label(node, False)
-        out = (_polyline(g, edges), turn_instructions(g, edges, names))
+        out = self._route_geometry(edges, names)
         if len(self._routes) >= _ROUTE_CACHE_SIZE:
             self._routes.clear()
         self._routes[key] = out
+        return out
+
+    def _route_geometry(self, edges: Sequence[int], names: Sequence[str]) -> _Route:
+        """``(_polyline(g, edges), turn_instructions(g, edges, names))``, put together from the
+        planner's kept pieces of each edge."""
+        g = self.graph
+        pieces = self._edge_pieces(edges)
+        if pieces is None or not pieces:  # an edge without geometry, or no edge
+            return _polyline(g, edges), turn_instructions(g, edges, names)
+        polyline = tuple(itertools.chain(pieces[0][0], *(p[0][1:] for p in pieces[1:])))
+        return polyline, turn_instructions(g, edges, names, bearings=[p[1] for p in pieces])
+
+    def _edge_pieces(self, edges: Sequence[int]) -> list[_EdgePiece] | None:
+        """Each edge's polyline (lon, lat) and bearings, kept by the planner (``None`` when an
+        edge has no geometry): a route's polyline and turns are put together from them, the
+        same values :func:`_polyline` and :func:`turn_instructions` compute."""
+        g = self.graph
+        cache = self._edge_cache
+        out: list[_EdgePiece] = []
+        for e in edges:
+            hit = cache.get(e)
+            if hit is None:
+                lo, hi = int(g.geom_ptr[e]), int(g.geom_ptr[e + 1])
+                if hi <= lo:
+                    return None
+                pts = g.geom_lonlat[lo:hi]
+                hit = (tuple(zip(pts[:, 0].tolist(), pts[:, 1].tolist(), strict=True)), _edge_bearings(g, e))
+                if len(cache) >= _EDGE_CACHE_SIZE:
+                    cache.clear()
+                cache[e] = hit
+            out.append(hit)
         return out
 
     def _names_label(self, node: int, is_exit: bool) -> tuple[tuple[str, ...], str]:
