@@ -360,7 +360,11 @@ def create_app(
             state = MemoryState()
             bus = InProcessBus()
         metrics = Metrics()
-        hub = Hub(queue_size=config.queue_size, now=lambda: the_clock.now().isoformat())
+        hub = Hub(
+            queue_size=config.queue_size,
+            now=lambda: the_clock.now().isoformat(),
+            console_linger_s=config.console_linger_s,
+        )
         service = DispatchService(
             city=the_city,
             coordinator=coordinator,
@@ -871,7 +875,12 @@ def create_app(
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics(request: Request) -> Response:
-        return Response(request.app.state.metrics.render(), media_type="text/plain; version=0.0.4")
+        metrics: Metrics = request.app.state.metrics
+        hub: Hub = request.app.state.hub
+        metrics.ws_frames_sent.set(hub.frames_sent)
+        metrics.ws_messages_sent.set(hub.messages_sent)
+        metrics.ws_bytes_sent.set(hub.chars_sent)
+        return Response(metrics.render(), media_type="text/plain; version=0.0.4")
 
     @app.get("/asyncapi.json", include_in_schema=False)
     async def asyncapi() -> dict[str, Any]:
@@ -934,8 +943,9 @@ def create_app(
         service.audit_login(actor_of(principal), via=via, jti=principal.token_id)
 
     @app.websocket("/ws/crew")
-    async def crew_socket(websocket: WebSocket, last_seq: int | None = None) -> None:
-        """A crew tablet. Resume with ``?last_seq=N`` (or a ``resume`` message)."""
+    async def crew_socket(websocket: WebSocket, last_seq: int | None = None, batch: bool = False) -> None:
+        """A crew tablet. Resume with ``?last_seq=N`` (or a ``resume`` message). ``?batch=1``:
+        the messages queued together come in one frame, a JSON array (see :class:`Connection`)."""
         principal = await ws_principal(websocket)
         if principal is None:
             return
@@ -956,6 +966,7 @@ def create_app(
             send=websocket.send_text,
             close=_closer(websocket),
             crew_id=crew_id,
+            batch=batch,
         )
         metrics.connections.labels("crew").inc()
         try:
@@ -977,8 +988,9 @@ def create_app(
             await hub.remove(conn)
 
     @app.websocket("/ws/operator")
-    async def operator_socket(websocket: WebSocket) -> None:
-        """An operator console: everything in the operator's communes."""
+    async def operator_socket(websocket: WebSocket, batch: bool = False) -> None:
+        """An operator console: everything in the operator's communes. ``?batch=1``: the
+        messages queued together come in one frame, a JSON array."""
         principal = await ws_principal(websocket)
         if principal is None:
             return
@@ -998,6 +1010,7 @@ def create_app(
             send=websocket.send_text,
             close=_closer(websocket),
             communes=actor.communes,
+            batch=batch,
         )
         metrics.connections.labels("operator").inc()
         try:
@@ -1160,7 +1173,9 @@ async def _operator_message(
     }.get(msg.type)
     if action is not None and not principals.policy.allowed(principal, action):
         raise ServiceError(403, m.ErrorCode.forbidden, f"role {principal.role.value} may not {action.value}")
-    if isinstance(msg, m.ResumeMsg):
+    if isinstance(msg, m.WatchMsg):
+        conn.watching = None if msg.incident_ids is None else frozenset(msg.incident_ids)
+    elif isinstance(msg, m.ResumeMsg):
         snap = await service.operator_snapshot(actor)
         hub.enqueue(conn, {"type": "snapshot", "reason": "gap", **snap})
     elif isinstance(msg, m.ApproveMsg | m.ModifyMsg | m.RetractMsg):

@@ -430,6 +430,10 @@ async def main_async(args: argparse.Namespace, *, stub: bool) -> dict[str, Any]:
         load_incidents = {f"bench-{j:02d}": cams[j] for j in range(args.incidents)}
         for inc in load_incidents:
             await op.open_incident(inc)
+        if args.consoles_watch:  # as web/js/console.js: the selected incident's predictions only
+            names = list(load_incidents)
+            for i, c in enumerate(consoles):
+                await c.send({"type": "watch", "incident_ids": [names[i % len(names)]]})
         cpu0, wall0, threads0 = server.cpu_s(), time.perf_counter(), server.thread_cpu_s()
         delay0 = server.run_delay_s()
         own_cpu0 = time.process_time()  # the load generator's own CPU (tablets, consoles, posts)
@@ -458,6 +462,7 @@ async def main_async(args: argparse.Namespace, *, stub: bool) -> dict[str, Any]:
         if spy is not None:
             spy.wait()
         published = _metric(text, "cordon_crew_messages_total")
+        processed = max(_metric(text, "cordon_sightings_processed_total"), 1.0)
         # the core's time for the sightings (batches of one incident's queued sightings: one call)
         core_calls = ('call="ingest"', 'call="ingest_batch"')
         core_s = sum(_histogram_sum(text, "cordon_core_call_seconds", c) for c in core_calls)
@@ -490,6 +495,7 @@ async def main_async(args: argparse.Namespace, *, stub: bool) -> dict[str, Any]:
         result = {
             "tablets": args.tablets,
             "consoles": args.consoles,
+            "consoles_watch": args.consoles_watch,
             "incidents": args.incidents,
             "sightings_per_s": round(load.rate, 2),
             "sightings_posted": len(load.posted),
@@ -523,6 +529,12 @@ async def main_async(args: argparse.Namespace, *, stub: bool) -> dict[str, Any]:
             "load_average_end": os.getloadavg()[0],
             "load_generator_cpu_percent": round(100 * (own_cpu1 - own_cpu0) / (wall1 - wall0), 1),
             "coalesced": _metric(text, "cordon_sightings_coalesced_total"),
+            # websocket traffic over the whole run (baseline included), per sighting processed
+            "ws_frames_per_sighting": round(_metric(text, "cordon_ws_frames_sent") / processed, 1),
+            "ws_messages_per_frame": round(
+                _metric(text, "cordon_ws_messages_sent") / max(_metric(text, "cordon_ws_frames_sent"), 1.0), 2
+            ),
+            "ws_kb_per_sighting": round(_metric(text, "cordon_ws_bytes_sent") / processed / 1000, 1),
             # where a sighting's time goes in the server (means; see cordon_sighting_stage_seconds)
             "stage_ms_mean": {
                 stage: round(
@@ -659,6 +671,13 @@ def main() -> None:
         default=True,
         help="the server's core in its own process (CORDON_CORE_PROCESS; default on)",
     )
+    parser.add_argument(
+        "--consoles-watch",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="each console watches one incident's predictions, as the web console watches its "
+        "selected incident (--no-consoles-watch: every console gets every prediction)",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "server_load.json")
     args = parser.parse_args()
     if args.duration_s is None:
@@ -685,6 +704,9 @@ def main() -> None:
         "load_average_end",
         "load_generator_cpu_percent",
         "coalesced",
+        "ws_frames_per_sighting",
+        "ws_messages_per_frame",
+        "ws_kb_per_sighting",
         "stage_ms_mean",
         "core_wait_ms_mean",
         "rss_mb",

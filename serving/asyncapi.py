@@ -58,6 +58,7 @@ OPERATOR_IN: tuple[type[BaseModel], ...] = (
     m.ModifyMsg,
     m.RetractMsg,
     m.OperatorSightingMsg,
+    m.WatchMsg,
 )
 
 _CHANNELS: dict[str, tuple[str, tuple[type[BaseModel], ...], tuple[type[BaseModel], ...]]] = {
@@ -77,6 +78,17 @@ _CHANNELS: dict[str, tuple[str, tuple[type[BaseModel], ...], tuple[type[BaseMode
         OPERATOR_OUT,
         OPERATOR_IN,
     ),
+}
+
+
+_BATCH_NOTE = (
+    " With ``?batch=1`` a frame may hold several messages: a JSON array of them, in order "
+    "(the messages queued together for the connection; one over 16 kB has a frame of its own)."
+)
+_BATCH_QUERY: dict[str, Any] = {
+    "type": "boolean",
+    "default": False,
+    "description": "Frames may carry a JSON array of messages (in order) instead of one message.",
 }
 
 
@@ -105,8 +117,12 @@ def asyncapi_document() -> dict[str, Any]:
         }
     channels: dict[str, Any] = {}
     for path, (description, out, inc) in _CHANNELS.items():
+        query: dict[str, Any] = {"batch": _BATCH_QUERY}
+        if path == "/ws/crew":
+            query["last_seq"] = {"type": "integer", "description": "Resume after this crew seq."}
         channels[path] = {
-            "description": description,
+            "description": description + _BATCH_NOTE,
+            "bindings": {"ws": {"query": {"type": "object", "properties": query}}},
             "subscribe": {
                 "summary": "Messages the server sends",
                 "message": {"oneOf": [{"$ref": f"#/components/messages/{mod.__name__}"} for mod in out]},

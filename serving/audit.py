@@ -215,13 +215,28 @@ class AuditLog(Protocol):
 
 def canonical_json(value: Any) -> str:
     """Sorted keys, no whitespace, UTF-8 kept, NaN/inf refused (``AuditError`` naming the path)."""
-    _check_finite(value, "payload")
+    if not _plain(value):  # the path-naming check only when the quick one finds a fault
+        _check_finite(value, "payload")
     try:
         text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
         text.encode("utf-8")  # lone surrogates cannot be stored or hashed
     except (TypeError, ValueError) as exc:
         raise AuditError(f"payload is not canonical JSON: {exc}") from exc
     return text
+
+
+def _plain(value: Any) -> bool:
+    """Whether ``value`` holds only dicts with string keys, lists, tuples, finite floats and
+    other scalars: :func:`_check_finite`'s test without building a path per item (a
+    suggestion's route has hundreds of points); :func:`_check_finite` then names the fault."""
+    kind = type(value)
+    if kind is float:
+        return math.isfinite(value)
+    if kind is dict:
+        return all(type(k) is str and _plain(v) for k, v in value.items())
+    if kind is list or kind is tuple:
+        return all(_plain(v) for v in value)
+    return not isinstance(value, float | Mapping | list | tuple)  # a subclass: the full check
 
 
 def _check_finite(value: Any, path: str) -> None:

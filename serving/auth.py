@@ -476,11 +476,21 @@ class Authenticator:
         self._algorithms = tuple(algorithms)
         self._leeway = timedelta(seconds=leeway_s)
         self._max_lifetime = timedelta(seconds=max_lifetime_s)
+        # token -> (kid, alg, key, claims) of a verified signature: a tablet or a VMS posts with
+        # the same token for hours, and the signature check is most of a request's auth cost.
+        # The time claims, the tenant and the revocation list are checked at every use, and the
+        # key is looked up again (a rotated-out key stops its tokens at once).
+        self._verified: dict[str, tuple[str | None, str, Any, dict[str, Any]]] = {}
 
     def verify(self, token: str) -> Principal:
         """The principal of a valid token, else :class:`AuthError` naming the reason."""
         if not token or len(token) > 8192:
             raise AuthError(AuthFailure.malformed, "token is empty or longer than 8192 characters")
+        cached = self._verified.get(token)
+        if cached is not None:
+            if cached[1] in self._algorithms and self._keys.key_for(cached[0], cached[1]) is cached[2]:
+                return self._principal(cached[3])
+            self._verified.pop(token, None)
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError as exc:
@@ -515,7 +525,11 @@ class Authenticator:
             raise AuthError(AuthFailure.bad_signature, "signature does not verify") from exc
         except jwt.PyJWTError as exc:
             raise AuthError(AuthFailure.malformed, str(exc)) from exc
-        return self._principal(claims)
+        principal = self._principal(claims)
+        if len(self._verified) >= 4096:  # bounded: tokens expire, a dict of them need not
+            self._verified.clear()
+        self._verified[token] = (kid if isinstance(kid, str) else None, alg, key, claims)
+        return principal
 
     def _principal(self, claims: Mapping[str, Any]) -> Principal:
         now = self._clock()

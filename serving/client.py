@@ -211,6 +211,10 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+def _count_sent_at(raw: str | bytes) -> int:
+    return raw.count(b'"sent_at"') if isinstance(raw, bytes) else raw.count('"sent_at"')
+
+
 class _Socket:
     """Shared machinery: one connection, a reader task, an inbox, reconnection."""
 
@@ -227,6 +231,7 @@ class _Socket:
         count_only: bool = False,
         decode_if: Callable[[str], bool] | None = None,
         keep: bool = True,
+        batch: bool = True,
     ) -> None:
         self.base_url = base_url
         self.count_only = count_only  # load tests: count messages without decoding them
@@ -235,6 +240,9 @@ class _Socket:
         # ``received`` (300 emulated tablets in one process)
         self.decode_if = decode_if
         self.keep = keep
+        # ``?batch=1``: messages queued together come in one frame, a JSON array (fewer frames
+        # for the server to send); messages larger than 16 kB always come alone
+        self.batch = batch
         self.counted = 0
         self.token = token
         self.reconnect = reconnect
@@ -250,7 +258,7 @@ class _Socket:
         self._connected = asyncio.Event()
 
     def _url(self) -> str:
-        return ws_url(self.base_url, self.path) + f"?token={self.token}"
+        return ws_url(self.base_url, self.path) + f"?token={self.token}" + ("&batch=1" if self.batch else "")
 
     async def connect(self) -> None:
         self.ws = await connect(self._url(), open_timeout=10, max_size=2**22, compression=None)
@@ -268,18 +276,22 @@ class _Socket:
                 while True:
                     # frames taken as bytes when they may be only counted: no UTF-8 decoding
                     raw = await ws.recv(decode=False) if raw_frames else await ws.recv()
+                    batched = raw[:1] in (b"[", "[")  # a batch: small messages, all decoded
                     if self.count_only or (
-                        self.decode_if is not None
+                        not batched
+                        and self.decode_if is not None
                         and not self.decode_if(
                             raw[:128].decode("utf-8", "ignore") if isinstance(raw, bytes) else raw[:128]
                         )
                     ):
-                        self.counted += 1
+                        # every server message has one top-level sent_at
+                        self.counted += _count_sent_at(raw) if batched else 1
                         continue
-                    message = json.loads(raw)
-                    if self.keep:
-                        self.received.append(message)
-                    await self._on(message)
+                    decoded = json.loads(raw)
+                    for message in decoded if isinstance(decoded, list) else [decoded]:
+                        if self.keep:
+                            self.received.append(message)
+                        await self._on(message)
             except ConnectionClosed:
                 pass
             self.close_codes.append(ws.close_code)

@@ -59,6 +59,10 @@ class ServerConfig:
     coalesce: bool = True  # apply queued sightings of one incident together (in-process bus)
     record_core: bool = True  # audit every core call and plan (serving.audit_replay), for replay
     heartbeat_s: float = 10.0  # application-level {"type": "heartbeat"} on every websocket
+    # A console asking for batched frames (?batch=1) gets what came in this long in one frame
+    # (crews' positions, sightings, plans...: tens of small messages a second per console);
+    # never a tablet's suggestion. 0: at once.
+    console_linger_s: float = 0.1
     retention_interval_s: float = 86_400.0  # the purge job runs this often (0: never)
     retention_default_days: int = 30
     # Crews' speed factor (legal speed x factor, for their ETAs) when a crew gives none; the
@@ -112,6 +116,7 @@ class ServerConfig:
             ("CORDON_WS_RATE_PER_S", "ws_rate_per_s"),
             ("CORDON_WS_RATE_BURST", "ws_rate_burst"),
             ("CORDON_HEARTBEAT_S", "heartbeat_s"),
+            ("CORDON_CONSOLE_LINGER_S", "console_linger_s"),
             ("CORDON_RETENTION_INTERVAL_S", "retention_interval_s"),
             ("CORDON_CREW_SPEED_FACTOR", "crew_speed_factor"),
             ("CORDON_REPLAN_S", "replan_s"),

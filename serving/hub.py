@@ -25,6 +25,12 @@ log = logging.getLogger("cordon.hub")
 #: Close code for a client that fell too far behind (application range 4000-4999).
 CLOSE_TOO_SLOW = 4008
 
+#: A batching connection's frame takes queued messages up to about this many characters;
+#: a message above ``BATCH_ITEM_MAX_CHARS`` (a prediction's GeoJSON) always has a frame of its
+#: own (a client can then skip it unparsed).
+BATCH_MAX_CHARS = 256 * 1024
+BATCH_ITEM_MAX_CHARS = 16 * 1024
+
 
 class Encoded(str):
     """A message value already serialized as JSON (a prediction's GeoJSON, tens of kB, sent to
@@ -56,7 +62,9 @@ class ConnectionState(enum.Enum):
 @dataclass(eq=False)
 class Connection:
     """One websocket. ``crew_id`` for a tablet, ``communes`` for an operator console
-    (``None`` = every commune)."""
+    (``None`` = every commune). ``batch``: the client asked for batched frames (``?batch=1``):
+    the messages queued when its relay wakes go in one frame, a JSON array of messages in
+    order; a client that did not ask gets one message per frame."""
 
     conn_id: int
     role: str
@@ -72,6 +80,9 @@ class Connection:
     task: asyncio.Task[None] | None = field(default=None, init=False)
     last_crew_seq: int = 0
     ready: bool = False
+    batch: bool = False
+    linger_s: float = 0.0  # a batching console: wait this long for more before sending a frame
+    watching: frozenset[str] | None = None  # a console's incidents for predictions (None: all)
     held: list[Json] = field(default_factory=list, init=False)
 
     def __post_init__(self) -> None:
@@ -86,14 +97,22 @@ class Connection:
 class Hub:
     """The registry of this worker's connections and the place every outgoing message goes through."""
 
-    def __init__(self, *, queue_size: int = 256, now: Callable[[], str]) -> None:
+    def __init__(
+        self, *, queue_size: int = 256, now: Callable[[], str], console_linger_s: float = 0.0
+    ) -> None:
         self.queue_size = queue_size
+        self.console_linger_s = console_linger_s
         self._now = now
         self._next_id = 0
         self.crews: dict[str, set[Connection]] = {}
         self.operators: set[Connection] = set()
         self.sent_log: list[Json] | None = None  # tests record every message sent
         self.cut = 0
+        # sent on this worker's sockets (read by /metrics): frames, the messages in them, and
+        # their characters (JSON is ASCII: bytes)
+        self.frames_sent = 0
+        self.messages_sent = 0
+        self.chars_sent = 0
         self._closing: set[asyncio.Task[None]] = set()
 
     def __len__(self) -> int:
@@ -108,6 +127,7 @@ class Hub:
         close: Closer,
         crew_id: str | None = None,
         communes: frozenset[str] | None = None,
+        batch: bool = False,
     ) -> Connection:
         self._next_id += 1
         conn = Connection(
@@ -119,6 +139,8 @@ class Hub:
             crew_id=crew_id,
             communes=communes,
             queue_size=self.queue_size,
+            batch=batch,
+            linger_s=self.console_linger_s if batch and crew_id is None else 0.0,
         )
         if crew_id is not None:
             self.crews.setdefault(crew_id, set()).add(conn)
@@ -209,9 +231,13 @@ class Hub:
         return len(conns)
 
     def to_operators(self, communes: list[str] | None, message: Json) -> int:
-        """Fan a message out to the consoles that see ``communes``. The body is serialized once;
-        each connection's ``seq`` is spliced in front of it."""
+        """Fan a message out to the consoles that see ``communes`` (a ``prediction``: those of
+        them watching its incident). The body is serialized once; each connection's ``seq`` is
+        spliced in front of it."""
         targets = [c for c in self.operators if c.state is ConnectionState.open and c.sees(communes)]
+        if message.get("type") == "prediction":  # tens of kB: only to the consoles watching it
+            incident = message.get("incident_id")
+            targets = [c for c in targets if c.watching is None or incident in c.watching]
         if not targets:
             return 0
         body = dict(message)
@@ -276,13 +302,30 @@ class Hub:
             self.enqueue(conn, message)
 
     async def _relay(self, conn: Connection) -> None:
+        carried: list[str | None] = []  # a message taken off the queue for the next frame
         try:
             while True:
                 text = await conn.queue.get()
-                if text is None:
-                    await conn.close(CLOSE_TOO_SLOW, "too far behind; reconnect and resume")
-                    return
-                await conn.send(text)
+                if conn.linger_s > 0 and text is not None and len(text) <= BATCH_ITEM_MAX_CHARS:
+                    # a console's small message: what comes meanwhile goes in the same frame
+                    await asyncio.sleep(conn.linger_s)
+                while True:  # send what is queued (a lingering console: all of it, no more waits)
+                    if text is None:
+                        await conn.close(CLOSE_TOO_SLOW, "too far behind; reconnect and resume")
+                        return
+                    n = 1
+                    if conn.batch and not conn.queue.empty() and len(text) <= BATCH_ITEM_MAX_CHARS:
+                        text, n = _batched(text, conn.queue, carried)
+                    self.frames_sent += 1
+                    self.messages_sent += n
+                    self.chars_sent += len(text)
+                    await conn.send(text)
+                    if carried:
+                        text = carried.pop()
+                    elif conn.linger_s > 0 and not conn.queue.empty():
+                        text = conn.queue.get_nowait()
+                    else:
+                        break
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the socket died: the reader side cleans up
@@ -293,3 +336,24 @@ class Hub:
     async def close_all(self) -> None:
         for conn in [c for group in self.crews.values() for c in group] + list(self.operators):
             await self.remove(conn)
+
+
+def _batched(first: str, queue: asyncio.Queue[str | None], carried: list[str | None]) -> tuple[str, int]:
+    """``first`` and the small messages queued behind it as one frame (a JSON array, in order),
+    up to about :data:`BATCH_MAX_CHARS`. The message that ends the batch (a large one, which
+    goes in a frame of its own, or a close) is put in ``carried``. Returns the frame and how
+    many messages it holds. One frame for several
+    messages: one send through the websocket stack and one socket write, the event loop's
+    largest cost per message under load."""
+    texts = [first]
+    size = len(first)
+    while size < BATCH_MAX_CHARS and not queue.empty():
+        text = queue.get_nowait()
+        if text is None or len(text) > BATCH_ITEM_MAX_CHARS:
+            carried.append(text)
+            break
+        texts.append(text)
+        size += len(text)
+    if len(texts) == 1:
+        return first, 1
+    return "[" + ",".join(texts) + "]", len(texts)

@@ -518,12 +518,21 @@ class OperatorSightingMsg(_Model):
     vehicle_description: Annotated[str, Field(max_length=200)] | None = None
 
 
+class WatchMsg(_Model):
+    """The incidents whose ``prediction`` messages this console wants (its map draws the
+    selected incident's): ``null`` for every incident (the default of a new connection), ``[]``
+    for none. Every other message still comes for every incident of the operator's communes."""
+
+    type: Literal["watch"]
+    incident_ids: Annotated[list[Identifier], Field(max_length=100)] | None
+
+
 CrewClientMessage = Annotated[
     AuthMsg | ResumeMsg | PositionMsg | StatusMsg | AcceptMsg | DeclineMsg | InPositionMsg | ContactMsg,
     Field(discriminator="type"),
 ]
 OperatorClientMessage = Annotated[
-    AuthMsg | ResumeMsg | ApproveMsg | ModifyMsg | RetractMsg | OperatorSightingMsg,
+    AuthMsg | ResumeMsg | ApproveMsg | ModifyMsg | RetractMsg | OperatorSightingMsg | WatchMsg,
     Field(discriminator="type"),
 ]
 

@@ -86,6 +86,17 @@ class Metrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
             registry=r,
         )
+        self.ws_frames_sent = Gauge(
+            "cordon_ws_frames_sent", "Websocket frames sent since start (set at each scrape)", registry=r
+        )
+        self.ws_messages_sent = Gauge(
+            "cordon_ws_messages_sent",
+            "Websocket messages sent since start (a batched frame holds several)",
+            registry=r,
+        )
+        self.ws_bytes_sent = Gauge(
+            "cordon_ws_bytes_sent", "Websocket payload bytes sent since start", registry=r
+        )
         self.http_errors = Counter(
             "cordon_http_errors_total", "HTTP error answers, by code", ["code"], registry=r
         )

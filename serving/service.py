@@ -996,7 +996,9 @@ class DispatchService:
     async def _prediction_message(self, incident_id: str, prediction: Any) -> Json | None:
         """The ``prediction`` message, its GeoJSON already serialized (:class:`Encoded`). With
         the core in its own process the GeoJSON is made there (the outcome carries a
-        :class:`~serving.core_process.PredictionRef`); else on the core thread."""
+        :class:`~serving.core_process.PredictionRef`); else on the core thread. With it,
+        ``crew_geojson``: the tablets' lighter collection (:func:`crew_prediction_geojson`),
+        sent to the crews as their message's ``geojson``."""
         if isinstance(prediction, PredictionRef):
             made = await self._core(
                 self.coordinator.prediction_message,  # type: ignore[attr-defined]
@@ -1007,14 +1009,17 @@ class DispatchService:
             return None if made is None else {"type": "prediction", "incident_id": incident_id, **made}
         convert = self._prediction_geojson
 
-        def encoded() -> Encoded:
-            return Encoded(json.dumps(convert(prediction)))
+        def encoded() -> tuple[Encoded, Encoded]:
+            geojson = convert(prediction)
+            return Encoded(json.dumps(geojson)), Encoded(json.dumps(crew_prediction_geojson(geojson)))
 
+        full, crew = await self._core(encoded, priority=DEFERRED)
         return {
             "type": "prediction",
             "incident_id": incident_id,
             "at": prediction.at.isoformat(),
-            "geojson": await self._core(encoded, priority=DEFERRED),
+            "geojson": full,
+            "crew_geojson": crew,
         }
 
     async def _flush_prediction(self, incident_id: str, delay_s: float) -> None:
@@ -1037,9 +1042,11 @@ class DispatchService:
                         view: Json = dict(await self.state.get_view(incident_id) or {})
                         view["prediction"] = message["geojson"]
                         await self.state.put_view(incident_id, view)
-                        message = self._wire(message)
-                        await self._publish_op(self.communes_of(info), message)
-                        await self._push_to_crews(incident_id, [message])
+                        crew_geojson = message.pop("crew_geojson", None)
+                        await self._publish_op(self.communes_of(info), self._wire(message))
+                        if crew_geojson is not None:  # the tablets' lighter collection
+                            message = dict(message, geojson=crew_geojson)
+                        await self._push_to_crews(incident_id, [self._wire(message)])
                 delay_s = self.prediction_interval_s
         except asyncio.CancelledError:
             raise
@@ -1805,8 +1812,24 @@ def prediction_message(coordinator: Any, city: City, incident_id: str, at: datet
         prediction = coordinator.state(incident_id, at).prediction
         if prediction is not None:
             geojson = _default_prediction_geojson(city)(prediction)
-            return {"at": prediction.at.isoformat(), "geojson": Encoded(json.dumps(geojson))}
+            return {
+                "at": prediction.at.isoformat(),
+                "geojson": Encoded(json.dumps(geojson)),
+                "crew_geojson": Encoded(json.dumps(crew_prediction_geojson(geojson))),
+            }
     return None
+
+
+def crew_prediction_geojson(geojson: Json) -> Json:
+    """The prediction the tablets get: without its ``position`` features (the suspect's
+    position at each horizon, most of the collection's size), which the crew map does not draw
+    (``web/js/crew.js``); the routes and crossings as the consoles get them. A car on mobile
+    data receives a fraction of the bytes, and the server sends a fraction."""
+    features = geojson.get("features")
+    if not isinstance(features, list):
+        return geojson
+    kept = [f for f in features if (f.get("properties") or {}).get("kind") != "position"]
+    return dict(geojson, features=kept)
 
 
 class IncidentStore:

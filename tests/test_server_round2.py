@@ -197,6 +197,12 @@ async def test_modified_suggestion_is_evaluated_by_the_core_and_acceptable() -> 
         console = Console(srv.base, await token(srv.base, communes=COMMUNE))
         await console.connect()
         await console.next("snapshot")
+        # a second console watching another incident: no prediction of this one
+        other = Console(srv.base, await token(srv.base, communes=COMMUNE))
+        await other.connect()
+        await other.next("snapshot")
+        await other.send({"type": "watch", "incident_ids": ["INC-OTHER"]})
+        await asyncio.sleep(0.2)
         await op.open_incident(incident, commune=COMMUNE)
         await op.post_sighting(sighting(incident, cams[0], "mod-1"))
         plan = await console.next("plan", timeout_s=20)
@@ -211,6 +217,19 @@ async def test_modified_suggestion_is_evaluated_by_the_core_and_acceptable() -> 
         assert "seq" not in track and track["n_sightings"] >= 1
         pred = await tablet.next("prediction", timeout_s=5, where=lambda m: m["incident_id"] == incident)
         assert pred["geojson"]["type"] == "FeatureCollection"
+        # the tablet's collection leaves out the position features (the crew map never draws
+        # them); the consoles' has them
+        kinds = {f["properties"]["kind"] for f in pred["geojson"]["features"]}
+        assert "position" not in kinds and kinds
+        for _ in range(50):  # sent to the consoles first (already read off the inbox, perhaps)
+            seen = [m for m in console.received if m["type"] == "prediction" and m["incident_id"] == incident]
+            if seen:
+                break
+            await asyncio.sleep(0.1)
+        assert "position" in {f["properties"]["kind"] for f in seen[-1]["geojson"]["features"]}
+        other_types = {m["type"] for m in other.received if m.get("incident_id") == incident}
+        assert "track" in other_types and "prediction" not in other_types
+        await other.close()
         await console.next("plan", timeout_s=20, where=lambda m: m["version"] >= 2)
         await asyncio.sleep(0.5)
         current = tablet.current[incident]
@@ -280,6 +299,12 @@ async def test_an_incident_served_live_replays_from_its_audit_records(tmp_path: 
         console = Console(srv.base, await token(srv.base, communes=COMMUNE))
         await console.connect()
         await console.next("snapshot")
+        # a second console watching another incident: no prediction of this one
+        other = Console(srv.base, await token(srv.base, communes=COMMUNE))
+        await other.connect()
+        await other.next("snapshot")
+        await other.send({"type": "watch", "incident_ids": ["INC-OTHER"]})
+        await asyncio.sleep(0.2)
         await op.open_incident(incident, commune=COMMUNE)
         for i, cam in enumerate(cams[:3]):
             await op.post_sighting(sighting(incident, cam, f"rp-{i}"))

@@ -99,6 +99,7 @@ const socket = new LiveSocket("/ws/operator", {
   token,
   resume: false,
   onMessage: handleMessage,
+  onOpen: () => watchSelected(),
   onDenied: (reason) => toast(`Accès refusé : ${reason}. Ouvrir la console avec une adresse munie d'un jeton valide.`, "error"),
   onState: (linkState) => {
     state.link = linkState;
@@ -220,8 +221,18 @@ function scheduleRender() {
 // ---------- incidents ----------
 let pendingOpen = null;
 
+/**
+ * Predictions (tens of kB each, every few seconds per incident) only for the selected incident:
+ * the map draws no other. Every other message still comes for every incident.
+ */
+function watchSelected() {
+  socket.send({ type: "watch", incident_ids: state.selected ? [state.selected] : [] });
+}
+
 function selectIncident(incidentId) {
+  if (incidentId !== state.selected) state.predictions.delete(incidentId); // stale: not pushed while unwatched
   state.selected = incidentId;
+  watchSelected();
   state.horizonIndex = 0;
   loadIncidentState(incidentId);
   scheduleRender();
