@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import gc
 import hashlib
 import importlib
 import json
@@ -55,7 +56,7 @@ from serving.clock import Clock, SimulationClock, WallClock
 from serving.config import ServerConfig
 from serving.hub import Connection, Hub
 from serving.limits import BodySizeLimitMiddleware, RateLimiter, RateLimitMiddleware
-from serving.metrics import Metrics
+from serving.metrics import Metrics, freeze_startup_heap
 from serving.service import (
     Actor,
     CoordinatorLike,
@@ -417,6 +418,8 @@ def create_app(
         if config.heartbeat_s > 0:
             beat = _heartbeats(hub, config.heartbeat_s)
             background.append(asyncio.create_task(beat, name="cordon-heartbeat"))
+        stop_watching_gc = metrics.watch_gc()
+        freeze_startup_heap()
         log.info(
             "cordon worker %s ready (bus=%s, state=%s, clock=%s)",
             config.worker_id,
@@ -444,6 +447,8 @@ def create_app(
             if close is not None:
                 with contextlib.suppress(Exception):
                     close()
+            stop_watching_gc()
+            gc.unfreeze()  # an app stopped in a longer-lived process (tests) is collectable again
 
     app = FastAPI(
         title="Cordon",

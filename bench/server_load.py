@@ -546,6 +546,8 @@ async def main_async(args: argparse.Namespace, *, stub: bool) -> dict[str, Any]:
                 call: round(1000 * _histogram_mean(text, "cordon_core_wait_seconds", f'call="{call}"'), 1)
                 for call in ("ingest_batch", "replan", "prediction_message", "set_crews")
             },
+            # the server process's garbage-collector pauses (the event loop stands still)
+            "gc_pauses_over_50ms": _count_over(text, "cordon_gc_pause_seconds", 0.05),
             "rss_mb": round(hwm, 1),
             "rss_mb_end": round(rss, 1),
             "connect_s": round(connect_s, 2),
@@ -619,6 +621,21 @@ def _metric(text: str, name: str) -> float:
         if line.startswith(name) and not line.startswith(name + "_created"):
             total += float(line.rsplit(" ", 1)[1])
     return total
+
+
+def _count_over(text: str, name: str, bound_s: float) -> int:
+    """Observations of a Prometheus histogram (all label sets) above ``bound_s``, which must be
+    one of its bucket bounds."""
+    total = below = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + "_bucket"):
+            bound = line.split('le="', 1)[1].split('"', 1)[0]
+            count = float(line.rsplit(" ", 1)[1])
+            if bound == "+Inf":
+                total += count
+            elif float(bound) == bound_s:
+                below += count
+    return int(total - below)
 
 
 def _histogram_quantile(text: str, name: str, q: float) -> float:
@@ -709,6 +726,7 @@ def main() -> None:
         "ws_kb_per_sighting",
         "stage_ms_mean",
         "core_wait_ms_mean",
+        "gc_pauses_over_50ms",
         "rss_mb",
     )
     try:  # the client side drives 320 sockets: uvloop (installed with uvicorn[standard]) keeps it light

@@ -118,6 +118,7 @@ def _child(
 ) -> None:
     """The core process: build the city and the Coordinator, then answer calls until told to stop."""
     from serving.audit_replay import RecordingCoordinator
+    from serving.metrics import freeze_startup_heap
     from serving.service import evaluate_target, ingest_accepts, ingest_batch, prediction_message
 
     now: list[datetime | None] = [None]
@@ -134,6 +135,7 @@ def _child(
             coordinator = RecordingCoordinator(coordinator, sink, clock=clock)
         # the keywords of ``ingest`` this core takes (a stand-in core may take none of them)
         ingest_keywords = {k for k in ("replan", "plan_at") if ingest_accepts(coordinator, k)}
+        freeze_startup_heap()  # the city and the Coordinator live as long as this process
         conn.send(("ready", None, [], (0.0, 0.0)))
     except BaseException as exc:  # tell the parent why, then give up
         conn.send(("err", exc, [], (0.0, 0.0)))

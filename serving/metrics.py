@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import gc
+import time
+from collections.abc import Callable
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 
@@ -101,5 +106,39 @@ class Metrics:
             "cordon_http_errors_total", "HTTP error answers, by code", ["code"], registry=r
         )
 
+        self.gc_pause = Histogram(
+            "cordon_gc_pause_seconds",
+            "Pauses of this process's cyclic garbage collector, by generation (the event loop "
+            "stands still meanwhile)",
+            ["generation"],
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5),
+            registry=r,
+        )
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+    def watch_gc(self) -> Callable[[], None]:
+        """Time every collection of the cyclic garbage collector into ``gc_pause``; returns the
+        function that stops watching."""
+        started = [0.0]
+
+        def callback(phase: str, info: dict[str, Any]) -> None:
+            if phase == "start":
+                started[0] = time.perf_counter()
+            else:
+                pause_s = time.perf_counter() - started[0]
+                self.gc_pause.labels(str(info.get("generation", "?"))).observe(pause_s)
+
+        gc.callbacks.append(callback)
+        return lambda: gc.callbacks.remove(callback) if callback in gc.callbacks else None
+
+
+def freeze_startup_heap() -> None:
+    """Collect once, then move every object alive now (modules, the city, the app) out of the
+    cyclic collector's reach (:func:`gc.freeze`): they live as long as the process, and a full
+    collection that scans them stood the event loop still for 150-200 ms every ~10 s under
+    load (measured with ``cordon_gc_pause_seconds``). Frozen objects are still freed by
+    reference counting; only cycles among them would wait for :func:`gc.unfreeze`."""
+    gc.collect()
+    gc.freeze()
