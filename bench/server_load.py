@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import math
 import os
 import re
 import shutil
@@ -537,13 +538,17 @@ async def main_async(args: argparse.Namespace, *, stub: bool) -> dict[str, Any]:
             "ws_kb_per_sighting": round(_metric(text, "cordon_ws_bytes_sent") / processed / 1000, 1),
             # where a sighting's time goes in the server (means; see cordon_sighting_stage_seconds)
             "stage_ms_mean": {
-                stage: round(
-                    1000 * _histogram_mean(text, "cordon_sighting_stage_seconds", f'stage="{stage}"'), 1
+                stage: _finite(
+                    round(
+                        1000 * _histogram_mean(text, "cordon_sighting_stage_seconds", f'stage="{stage}"'), 1
+                    )
                 )
                 for stage in ("queued", "prepare", "core", "publish")
             },
             "core_wait_ms_mean": {
-                call: round(1000 * _histogram_mean(text, "cordon_core_wait_seconds", f'call="{call}"'), 1)
+                call: _finite(
+                    round(1000 * _histogram_mean(text, "cordon_core_wait_seconds", f'call="{call}"'), 1)
+                )
                 for call in ("ingest_batch", "replan", "prediction_message", "set_crews")
             },
             # the server process's garbage-collector pauses (the event loop stands still)
@@ -593,6 +598,17 @@ async def _metrics_text(client: httpx.AsyncClient) -> str:
         return (await client.get("/metrics")).text
     except httpx.TransportError:
         return (await client.get("/metrics")).text
+
+
+def _json_safe(value: Any) -> Any:
+    """``value`` with every NaN or infinity replaced by ``None`` (JSON has neither)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    return value
 
 
 def _finite(x: float) -> float | None:
@@ -742,7 +758,7 @@ def main() -> None:
     if serving is not None:
         result["serving_only"] = {k: serving[k] for k in keys} | {"core": "stub (3 nearest crews, ~0 ms)"}
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    args.out.write_text(json.dumps(_json_safe(result), indent=2, allow_nan=False) + "\n")
     print(f"{'metric':<28}  {'real core':>14}  {'stub core':>14}")
     shown = [k for k in keys if not isinstance((real or serving or {}).get(k), dict)]
     for key in (*shown, "tablets", "consoles", "incidents", "sightings_posted", "crew_messages_published"):

@@ -45,7 +45,7 @@ from map_data.network_types import City
 from map_data.routing import path_from_predecessors, path_lonlat
 from map_data.types import BoolArray, CompiledGraph, FloatArray, IntArray
 
-PLANNER_VERSION = "max-coverage/4"
+PLANNER_VERSION = "max-coverage/5"
 _CREW_CACHE_BYTES = 64 * 2**20  # Dijkstra rows kept by an InterceptionPlanner (cleared when full)
 _ROUTE_CACHE_SIZE = 4096  # suggestion routes and labels kept by an InterceptionPlanner (cleared when full)
 _EDGE_CACHE_SIZE = 16384  # edges' polylines and bearings kept by an InterceptionPlanner (cleared when full)
@@ -559,13 +559,16 @@ class InterceptionPlanner:
         Only with more crews than ``PlannerConfig.crew_shortlist`` (and than
         ``max_crews_per_incident``). In rounds: each crossing takes the fastest of the
         ``candidates`` crews not taken yet, if it can be in time for some point of it (ETA +
-        margin at most the crossing's latest threshold) and did not decline it; the likeliest
-        crossing's crew first, until the shortlist is full, for at most
-        ``max_crews_per_incident`` rounds. After that many rounds every crossing has that many
-        shortlisted crews at least as fast as any other crew (declines aside): some of them is
-        always free to take another's place, so the others are never needed for the best
-        coverage. A round is one Dijkstra from all its crews at once (per speed factor), not
-        one per crew. ``inputs.protected`` crews (those of the previous plan) are always in."""
+        margin at most the crossing's latest threshold); the likeliest crossing's crew first,
+        until the shortlist is full, for at most ``max_crews_per_incident`` rounds plus the
+        most declines at one crossing. A crew that declined the crossing is taken all the same
+        (it may serve another; the plan never offers it that crossing), so that the next fastest
+        comes forward in the next round. After those rounds every crossing has
+        ``max_crews_per_incident`` shortlisted crews that did not decline it, at least as fast as
+        any other crew that did not: some of them is always free to take another's place, so the
+        others are never needed for the best coverage. A round is one Dijkstra from all its
+        crews at once (per speed factor), not one per crew. ``inputs.protected`` crews (those of
+        the previous plan) are always in."""
         cfg = self.config
         g = self.graph
         C = heads.size
@@ -581,7 +584,9 @@ class InterceptionPlanner:
         nodes = np.unique(pt_node)
         nodes = nodes[np.lexsort((nodes, -inputs.pass_probability[nodes]))]  # likeliest first
         latest = latest_at[nodes]
-        refused = {(int(ci), int(v)) for ci, v in inputs.declined}
+        declines_at: dict[int, int] = {}
+        for _, v in inputs.declined:
+            declines_at[int(v)] = declines_at.get(int(v), 0) + 1
         n = g.n_nodes
         # Each crew is a node of its own, joined to its edge's head by the time left on its edge.
         base = g.time_csr
@@ -594,7 +599,7 @@ class InterceptionPlanner:
             shape=(n + C, n + C),
         )
         groups = sorted(set(factors[candidates].tolist()))
-        for _ in range(M):
+        for _ in range(M + max(declines_at.values(), default=0)):
             if n_chosen >= size:
                 break
             best_eta = np.full(nodes.size, np.inf)
@@ -616,10 +621,6 @@ class InterceptionPlanner:
                 best_eta[better] = e[better]
                 best_crew[better] = origin[nodes][better] - n
             ok = (best_crew >= 0) & (best_eta + cfg.safety_margin_s <= latest)
-            if refused:
-                for j in np.flatnonzero(ok).tolist():
-                    if (int(best_crew[j]), int(nodes[j])) in refused:
-                        ok[j] = False
             if not ok.any():
                 break
             ranked = best_crew[ok]

@@ -340,7 +340,9 @@ class CrewTrackMsg(TrackMsg):
 
 
 class CrewPredictionMsg(PredictionMsg):
-    """A ``prediction`` pushed to a crew holding a suggestion for the incident (no ``seq``)."""
+    """A ``prediction`` pushed to a crew holding a suggestion for the incident (no ``seq``). Its
+    ``geojson`` has the crossings and routes but not the ``position`` lines, which the tablet's
+    map does not draw."""
 
     seq: int | None = Field(default=None, ge=0)  # type: ignore[assignment]
 

@@ -1029,8 +1029,12 @@ class DispatchService:
             while True:
                 await asyncio.sleep(max(0.0, delay_s))
                 prediction = self._prediction_pending.pop(incident_id, None)
+                if prediction is None:
+                    # no await between this test and the ``finally`` below: a prediction that
+                    # comes meanwhile finds no sender registered and starts one
+                    return
                 info = await self.state.get_incident(incident_id)
-                if prediction is None or info is None or info.get("closed_at"):
+                if info is None or info.get("closed_at"):
                     return
                 self._prediction_sent[incident_id] = time.monotonic()
                 message = await self._prediction_message(incident_id, prediction)
