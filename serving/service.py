@@ -141,26 +141,45 @@ class CoreThread:
     waiting ``URGENT`` call (a sighting's) goes before the ``DEFERRED`` ones (periodic
     re-plans, the maps' GeoJSON), except that a ``DEFERRED`` call never waits more than
     ``max_defer_s`` once it is the oldest of its kind (no starvation under load). Within one
-    priority, calls run in the order they came."""
+    priority, calls run in the order they came. A ``DEFERRED`` call made under an incident's
+    lock carries that incident as its ``key``; :meth:`promote` makes it ``URGENT`` when a
+    sighting of that incident waits for the lock (no priority inversion)."""
 
     def __init__(self, name: str = "cordon-core", *, max_defer_s: float = 1.0) -> None:
         self.max_defer_s = max_defer_s
-        self._queues: tuple[deque[tuple[float, Callable[[], Any], Future[Any]]], ...] = (deque(), deque())
+        self._queues: tuple[deque[tuple[float, Callable[[], Any], Future[Any], str | None]], ...] = (
+            deque(),
+            deque(),
+        )
         self._cond = threading.Condition()
         self._stopped = False
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
-    def submit(self, priority: int, fn: Callable[[], T]) -> Future[T]:
+    def submit(self, priority: int, fn: Callable[[], T], *, key: str | None = None) -> Future[T]:
         future: Future[T] = Future()
         with self._cond:
             if self._stopped:
                 raise RuntimeError("the core thread is shut down")
-            self._queues[min(max(priority, URGENT), DEFERRED)].append((time.monotonic(), fn, future))
+            self._queues[min(max(priority, URGENT), DEFERRED)].append((time.monotonic(), fn, future, key))
             self._cond.notify()
         return future
 
-    def _next(self) -> tuple[float, Callable[[], Any], Future[Any]]:
+    def promote(self, key: str) -> int:
+        """Make the waiting ``DEFERRED`` calls of ``key`` ``URGENT`` (after the urgent calls
+        already waiting); returns how many."""
+        with self._cond:
+            urgent, deferred = self._queues
+            moved = [item for item in deferred if item[3] == key]
+            if moved:
+                kept = [item for item in deferred if item[3] != key]
+                deferred.clear()
+                deferred.extend(kept)
+                urgent.extend(moved)
+                self._cond.notify()
+            return len(moved)
+
+    def _next(self) -> tuple[float, Callable[[], Any], Future[Any], str | None]:
         urgent, deferred = self._queues
         if deferred and (not urgent or time.monotonic() - deferred[0][0] > self.max_defer_s):
             return deferred.popleft()
@@ -173,7 +192,7 @@ class CoreThread:
                     self._cond.wait()
                 if self._stopped:
                     return
-                _, fn, future = self._next()
+                _, fn, future, _key = self._next()
             if not future.set_running_or_notify_cancel():
                 continue
             try:
@@ -186,7 +205,7 @@ class CoreThread:
         with self._cond:
             self._stopped = True
             for queue in self._queues:
-                for _, _, future in queue:
+                for _, _, future, _ in queue:
                     future.cancel()
                 queue.clear()
             self._cond.notify_all()
@@ -370,9 +389,17 @@ class DispatchService:
         else:
             await self.bus.run(self.handle_sighting, self.handle_event)
 
-    async def _core(self, fn: Callable[..., T], *args: Any, priority: int = URGENT, **kwargs: Any) -> T:
+    async def _core(
+        self,
+        fn: Callable[..., T],
+        *args: Any,
+        priority: int = URGENT,
+        promote_key: str | None = None,
+        **kwargs: Any,
+    ) -> T:
         """Run a (synchronous) core call on the single core thread: calls never overlap; a
-        waiting ``URGENT`` call (a sighting's) goes before waiting ``DEFERRED`` ones."""
+        waiting ``URGENT`` call (a sighting's) goes before waiting ``DEFERRED`` ones.
+        ``promote_key``: the incident whose lock the caller holds (see :meth:`CoreThread.promote`)."""
         name = getattr(fn, "__name__", "call")
         queued = time.perf_counter()
 
@@ -389,7 +416,7 @@ class DispatchService:
                     wall_s = float(getattr(self.coordinator, "last_wall_s", 0.0))
                     self.metrics.core_child_seconds.labels(name).observe(wall_s)
 
-        return await asyncio.wrap_future(self._core_thread.submit(priority, timed))
+        return await asyncio.wrap_future(self._core_thread.submit(priority, timed, key=promote_key))
 
     def shutdown(self) -> None:
         self._core_thread.shutdown()
@@ -718,6 +745,8 @@ class DispatchService:
         if any(s.incident_id != incident_id for s, _ in sightings):
             raise ValueError("handle_sightings takes sightings of one incident")
         stamps: dict[str, float] = {"start": time.time()}  # where the batch's time goes
+        # a periodic re-plan of this incident holding its lock waits no longer as deferred
+        self._core_thread.promote(incident_id)
         async with self.state.lock(incident_id):
             info = await self.state.get_incident(incident_id)
             if info is None or info.get("closed_at"):
@@ -1476,7 +1505,9 @@ class DispatchService:
             try:
                 # time passing can wait for the sightings' calls; other re-plans cannot
                 priority = DEFERRED if skip_unchanged else URGENT
-                plan = await self._core(self.coordinator.replan, incident_id, at, priority=priority)
+                plan = await self._core(
+                    self.coordinator.replan, incident_id, at, priority=priority, promote_key=incident_id
+                )
             except NoBeliefError:
                 return False
             if plan is None:

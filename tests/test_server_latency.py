@@ -43,6 +43,37 @@ def test_core_thread_runs_urgent_calls_before_deferred_ones_in_order() -> None:
         core.shutdown()
 
 
+def _order_of_calls(*, promote: bool) -> list[str]:
+    core = CoreThread(max_defer_s=60.0)
+    gate = threading.Event()
+    order: list[str] = []
+    try:
+        first = core.submit(URGENT, gate.wait)  # holds the thread while the others queue
+        futures = [
+            core.submit(URGENT, lambda: order.append("sighting-A")),
+            core.submit(DEFERRED, lambda: order.append("replan-B"), key="B"),
+            core.submit(DEFERRED, lambda: order.append("geojson-C"), key="C"),
+        ]
+        if promote:
+            assert core.promote("B") == 1 and core.promote("nobody") == 0
+        futures.append(core.submit(URGENT, lambda: order.append("sighting-D")))
+        gate.set()
+        first.result(5)
+        for f in futures:
+            f.result(5)
+    finally:
+        core.shutdown()
+    return order
+
+
+def test_a_promoted_deferred_call_goes_before_later_urgent_ones() -> None:
+    """A periodic re-plan holds its incident's lock while its call waits as deferred; when a
+    sighting of that incident comes, the call is promoted: it runs before the urgent calls
+    that come after (without promotion it would run after them)."""
+    assert _order_of_calls(promote=False) == ["sighting-A", "sighting-D", "replan-B", "geojson-C"]
+    assert _order_of_calls(promote=True) == ["sighting-A", "replan-B", "sighting-D", "geojson-C"]
+
+
 def test_core_thread_never_starves_a_deferred_call() -> None:
     core = CoreThread(max_defer_s=0.05)
     order: list[str] = []
