@@ -8,6 +8,8 @@ import asyncio
 import contextlib
 import threading
 import time
+from collections.abc import Sequence
+from concurrent.futures import Future
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -22,41 +24,27 @@ from serving.service import DEFERRED, URGENT, CoreThread
 pytestmark = pytest.mark.timeout(30)
 
 
-def test_core_thread_runs_urgent_calls_before_deferred_ones_in_order() -> None:
+Call = tuple[int, str, str | None]  # priority, name, key
+
+
+def _order_of_calls(
+    queued: Sequence[Call], *, promote: str | None = None, then: Sequence[Call] = ()
+) -> list[str]:
+    """The order in which a core thread runs ``queued`` (submitted while a first call holds it),
+    ``promote`` promoted, then ``then`` submitted."""
     core = CoreThread(max_defer_s=60.0)
     gate = threading.Event()
     order: list[str] = []
     try:
         first = core.submit(URGENT, gate.wait)  # holds the thread while the others queue
-        futures = [
-            core.submit(DEFERRED, lambda: order.append("tick-1")),
-            core.submit(URGENT, lambda: order.append("sighting-1")),
-            core.submit(DEFERRED, lambda: order.append("tick-2")),
-            core.submit(URGENT, lambda: order.append("sighting-2")),
-        ]
-        gate.set()
-        first.result(5)
-        for f in futures:
-            f.result(5)
-        assert order == ["sighting-1", "sighting-2", "tick-1", "tick-2"]
-    finally:
-        core.shutdown()
 
+        def submit(priority: int, name: str, key: str | None) -> Future[None]:
+            return core.submit(priority, lambda: order.append(name), key=key)
 
-def _order_of_calls(*, promote: bool) -> list[str]:
-    core = CoreThread(max_defer_s=60.0)
-    gate = threading.Event()
-    order: list[str] = []
-    try:
-        first = core.submit(URGENT, gate.wait)  # holds the thread while the others queue
-        futures = [
-            core.submit(URGENT, lambda: order.append("sighting-A")),
-            core.submit(DEFERRED, lambda: order.append("replan-B"), key="B"),
-            core.submit(DEFERRED, lambda: order.append("geojson-C"), key="C"),
-        ]
-        if promote:
-            assert core.promote("B") == 1 and core.promote("nobody") == 0
-        futures.append(core.submit(URGENT, lambda: order.append("sighting-D")))
+        futures = [submit(*call) for call in queued]
+        if promote is not None:
+            assert core.promote(promote) == 1 and core.promote("nobody") == 0
+        futures += [submit(*call) for call in then]
         gate.set()
         first.result(5)
         for f in futures:
@@ -66,12 +54,33 @@ def _order_of_calls(*, promote: bool) -> list[str]:
     return order
 
 
+def test_core_thread_runs_urgent_calls_before_deferred_ones_in_order() -> None:
+    queued: list[Call] = [
+        (DEFERRED, "tick-1", None),
+        (URGENT, "sighting-1", None),
+        (DEFERRED, "tick-2", None),
+        (URGENT, "sighting-2", None),
+    ]
+    assert _order_of_calls(queued) == ["sighting-1", "sighting-2", "tick-1", "tick-2"]
+
+
 def test_a_promoted_deferred_call_goes_before_later_urgent_ones() -> None:
     """A periodic re-plan holds its incident's lock while its call waits as deferred; when a
     sighting of that incident comes, the call is promoted: it runs before the urgent calls
     that come after (without promotion it would run after them)."""
-    assert _order_of_calls(promote=False) == ["sighting-A", "sighting-D", "replan-B", "geojson-C"]
-    assert _order_of_calls(promote=True) == ["sighting-A", "replan-B", "sighting-D", "geojson-C"]
+    queued: list[Call] = [
+        (URGENT, "sighting-A", None),
+        (DEFERRED, "replan-B", "B"),
+        (DEFERRED, "geojson-C", "C"),
+    ]
+    then: list[Call] = [(URGENT, "sighting-D", None)]
+    assert _order_of_calls(queued, then=then) == ["sighting-A", "sighting-D", "replan-B", "geojson-C"]
+    assert _order_of_calls(queued, promote="B", then=then) == [
+        "sighting-A",
+        "replan-B",
+        "sighting-D",
+        "geojson-C",
+    ]
 
 
 def test_core_thread_never_starves_a_deferred_call() -> None:
