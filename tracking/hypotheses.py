@@ -43,6 +43,7 @@ _SQRT2 = math.sqrt(2.0)
 #: a passage in it (m²), and the log-weight of its direction given the reported heading.
 _Stretch = tuple[float, float, float]
 _NEGLIGIBLE_LOG = 25.0  # hypotheses this far (in log-weight) below the best are dropped
+_SEEN_MEMO_MAX = 4096  # entries of Context.seen_memo before it is emptied
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,6 +205,8 @@ class Context:
         self.priors = priors
         #: ``(out_edge, log prior)`` of the ways out at the head of an arriving edge.
         self.branches: Callable[[int], _Branches] = priors.get
+        #: :func:`condition`'s stretches seen per ``(camera_id, heading_deg)`` (read only).
+        self.seen_memo: dict[tuple[str, float | None], dict[int, list[_Stretch]]] = {}
 
     def locate(self, route: tuple[int, ...], s: float) -> tuple[int, float, int, float]:
         """Edge, offset (clamped inside it), index in the route, and start along the route of
@@ -227,15 +230,24 @@ class Context:
         self, route: tuple[int, ...], anchor: float, s: float, sigma: float, skip: str | None
     ) -> float:
         """Negative information of the silent cameras on ``route`` beyond ``anchor``."""
+        # :meth:`span_log_factor` inlined (the same arithmetic): called per camera passed.
         total = 0.0
         c = 0.0
         spans = self.roads.edge_spans
+        lengths = self.roads.edge_len
+        p_detect = self.p_detect
+        scale = sigma * _SQRT2
+        near = anchor + 1.0
+        erfc, log = math.erfc, math.log
         for e in route:
-            for cid, mid, _a, _b in spans.get(e, ()):
-                z = c + mid
-                if cid != skip and z > anchor + 1.0:
-                    total += self.span_log_factor(z, s, sigma)
-            c += self.roads.edge_len[e]
+            seen = spans.get(e)
+            if seen is not None:
+                for cid, mid, _a, _b in seen:
+                    z = c + mid
+                    if cid != skip and z > near:
+                        passed = 0.5 * erfc(-(s - z) / scale)
+                        total += log(max(1.0 - p_detect * passed, 1e-12))
+            c += lengths[e]
         return total
 
     def passed_log_factor(
@@ -245,12 +257,18 @@ class Context:
         total = 0.0
         c = 0.0
         spans = self.roads.edge_spans
-        for e in route[: upto + 1]:
-            for cid, mid, _a, _b in spans.get(e, ()):
-                z = c + mid
-                if cid not in skip and anchor + 1.0 < z < z_seen - 1.0:
-                    total += self._log_miss
-            c += self.roads.edge_len[e]
+        lengths = self.roads.edge_len
+        lo, hi = anchor + 1.0, z_seen - 1.0
+        log_miss = self._log_miss
+        for k in range(upto + 1):
+            e = route[k]
+            seen = spans.get(e)
+            if seen is not None:
+                for cid, mid, _a, _b in seen:
+                    z = c + mid
+                    if cid not in skip and lo < z < hi:
+                        total += log_miss
+            c += lengths[e]
         return total
 
 
@@ -383,7 +401,8 @@ def propagate(ctx: Context, hyps: Hypotheses, t_s: float) -> Hypotheses:
     lengths = ctx.roads.edge_len
     spans = ctx.roads.edge_spans
     branches = ctx.branches
-    span_log_factor = ctx.span_log_factor
+    p_detect = ctx.p_detect
+    erfc, log = math.erfc, math.log
     for _ in range(cfg.max_extension_rounds):
         n = len(routes)
         need = [i for i in range(n) if s_list[i] > route_len[i] and branches(routes[i][-1])]
@@ -412,11 +431,15 @@ def propagate(ctx: Context, hyps: Hypotheses, t_s: float) -> Hypotheses:
                 neg[i],
                 anchor[i],
             )
+            scale = sig_i * _SQRT2
             for e, logp in branches(route[-1]):
                 extra = 0.0
-                for cid, mid, _a, _b in spans.get(e, ()):
-                    if cid != skip:
-                        extra += span_log_factor(base + mid, s_i, sig_i)
+                seen = spans.get(e)
+                if seen is not None:
+                    for cid, mid, _a, _b in seen:
+                        if cid != skip:  # :meth:`Context.span_log_factor`, inlined
+                            passed = 0.5 * erfc(-(s_i - (base + mid)) / scale)
+                            extra += log(max(1.0 - p_detect * passed, 1e-12))
                 if lw_i + logp + neg_i + extra < floor:
                     continue
                 src.append(i)
@@ -641,16 +664,26 @@ def condition(
     roads = ctx.roads
     # Per seen edge, its stretches: (middle, variance of the passage, heading log-weight). A
     # camera can see one edge in several stretches (a winding street): each is a candidate.
-    seen: dict[int, list[_Stretch]] = {}
-    for span in roads.cameras.view(camera_id).spans:
-        mid = 0.5 * (span.start_m + span.end_m)
-        seen.setdefault(span.edge, []).append(
-            (
-                mid,
-                _span_variance(span.start_m, span.end_m, cfg),
-                _direction_log_weight(ctx, span.edge, mid, heading_deg) if heading_deg is not None else 0.0,
+    # A pure function of the camera and the heading, memoised (replays condition on the same
+    # sightings again); read only below.
+    seen_key = (camera_id, heading_deg)
+    seen = ctx.seen_memo.get(seen_key)
+    if seen is None:
+        seen = {}
+        for span in roads.cameras.view(camera_id).spans:
+            mid = 0.5 * (span.start_m + span.end_m)
+            seen.setdefault(span.edge, []).append(
+                (
+                    mid,
+                    _span_variance(span.start_m, span.end_m, cfg),
+                    _direction_log_weight(ctx, span.edge, mid, heading_deg)
+                    if heading_deg is not None
+                    else 0.0,
+                )
             )
-        )
+        if len(ctx.seen_memo) >= _SEEN_MEMO_MAX:
+            ctx.seen_memo.clear()
+        ctx.seen_memo[seen_key] = seen
     lengths = roads.edge_len
     # Candidates: (parent, route, index of the seen edge in it, its start along the route,
     # extra log prior, the stretch seen).

@@ -129,6 +129,7 @@ class Tracker:
         self._keys: list[tuple[float, str]] = []
         self._steps: list[_Step] = []
         self._outcome: dict[str, tuple[bool, SightingFlag | None]] = {}
+        self._flags: dict[tuple[str, str | None, datetime | None], SightingFlag | None] = {}
         # The last belief asked for, by (time, number of sightings): a belief is a function of
         # the set of sightings (which only grows) and the time.
         self._last_belief: tuple[float, int, Belief] | None = None
@@ -166,12 +167,25 @@ class Tracker:
         key = (sighting.observed_at.timestamp(), sighting.source_event_id)
         pos = bisect.bisect(self._keys, key)
         self._keys.insert(pos, key)
-        pending = [sighting] + [step.sighting for step in self._steps[pos:]]
+        later = self._steps[pos:]
         del self._steps[pos:]
-        for s in pending:
-            step = self._process(self._steps[-1] if self._steps else None, s)
+        # The state the first later step was computed from (before this sighting came).
+        before = self._state(self._steps[-1] if self._steps else None)
+        step = self._process(self._steps[-1] if self._steps else None, sighting)
+        self._steps.append(step)
+        self._outcome[sighting.source_event_id] = (step.accepted, step.flag)
+        replayed = 1
+        for k, old in enumerate(later):
+            if self._state(self._steps[-1]) == before:
+                # The later steps would be recomputed from the very state they were computed
+                # from (e.g. this sighting was flagged): they stand as they are.
+                self._steps.extend(later[k:])
+                break
+            before = self._state(old)
+            step = self._process(self._steps[-1], old.sighting)
             self._steps.append(step)
-            self._outcome[s.source_event_id] = (step.accepted, step.flag)
+            self._outcome[old.sighting.source_event_id] = (step.accepted, step.flag)
+            replayed += 1
         accepted, flag = self._outcome[sighting.source_event_id]
         return TrackUpdate(
             self.incident_id,
@@ -179,8 +193,15 @@ class Tracker:
             accepted,
             duplicate=False,
             flag=flag,
-            replayed=len(pending),
+            replayed=replayed,
         )
+
+    def _state(self, step: _Step | None) -> tuple[int, str | None, int, int, int | None]:
+        """What :meth:`_process` reads of the previous step (objects by identity: they are
+        kept alive by the steps while compared)."""
+        if step is None:
+            return (id(self._initial), None, id(None), 0, self._origin_node)
+        return (id(step.hyps), step.last_camera_id, id(step.last_seen_at), step.n_accepted, step.origin_node)
 
     def _process(self, prev: _Step | None, sighting: Sighting) -> _Step:
         t_s = sighting.observed_at.timestamp()
@@ -189,7 +210,13 @@ class Tracker:
         last_seen = prev.last_seen_at if prev is not None else None
         n_acc = prev.n_accepted if prev is not None else 0
         origin_node = prev.origin_node if prev is not None else self._origin_node
-        flag = self._flag(sighting, last_cam, last_seen)
+        # A flag is a pure function of the sighting and the last accepted one: memoised for
+        # replays (a late sighting replays the later ones, mostly against the same last camera).
+        flag_key = (sighting.source_event_id, last_cam, last_seen)
+        if flag_key in self._flags:
+            flag = self._flags[flag_key]
+        else:
+            flag = self._flags[flag_key] = self._flag(sighting, last_cam, last_seen)
         if flag is not None:
             return _Step(sighting, t_s, False, flag, hyps, last_cam, last_seen, n_acc, origin_node)
         speed = None if sighting.speed_kmh is None else sighting.speed_kmh / 3.6
