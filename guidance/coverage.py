@@ -28,10 +28,10 @@ import scipy.sparse as sp
 from scipy.optimize import Bounds, LinearConstraint, milp
 
 from guidance.types import GuidanceError
-from map_data.types import BoolArray, FloatArray
+from map_data.jit import jit
+from map_data.types import BoolArray, FloatArray, IntArray
 
 _EPS = 1e-12
-_ALT_TOP = 32  # points of largest gain tried first for a crew's best alternative
 
 
 @dataclass(frozen=True, eq=False)
@@ -112,43 +112,262 @@ def _ones_csr(m: sp.spmatrix | sp.sparray) -> sp.csr_matrix:
     return inc
 
 
-def _residual(w: FloatArray, count: np.ndarray, rho: float) -> FloatArray:
-    """Marginal value of one more manned point on each route: a manned point stops the
-    suspect with probability ``rho``, so a route already passing ``count`` of them adds
-    ``w rho (1 - rho)^count`` (``rho = 1``: plain coverage, uncovered routes only)."""
+@jit
+def _residual_into(
+    out: FloatArray, w: FloatArray, count: IntArray, rho: float, rho_pow: FloatArray, rows: IntArray
+) -> None:
+    """Marginal value of one more manned point on each route ``r`` of ``rows``, into ``out``: a
+    manned point stops the suspect with probability ``rho``, so a route already passing
+    ``count`` of them adds ``w rho (1 - rho)^count`` (``rho = 1``: plain coverage, uncovered
+    routes only, ``w * (count == 0)``); the powers are ``rho_pow[count]`` (computed by numpy)."""
+    for r in rows:
+        if rho >= 1.0:
+            out[r] = w[r] * (1.0 if count[r] == 0 else 0.0)
+        else:
+            out[r] = w[r] * rho * rho_pow[count[r]]
+
+
+@jit
+def _gains_into(out: FloatArray, indptr: IntArray, indices: IntArray, x: FloatArray) -> None:
+    """``out = inc @ x`` for a CSR matrix of ones: each row's sum in stored order, from 0.0
+    (scipy's ``csr_matvec``, whose products by 1.0 are exact)."""
+    for p in range(out.size):
+        s = 0.0
+        for jj in range(indptr[p], indptr[p + 1]):
+            s += x[indices[jj]]
+        out[p] = s
+
+
+@jit
+def _add_row(
+    count: IntArray, stamp: IntArray, tick: int, indices: IntArray, lo: int, hi: int, step: int
+) -> None:
+    """``count[indices[lo:hi]] += step`` as numpy does it (a route listed twice moves once):
+    ``stamp`` marks the routes done at ``tick`` (a value never used before)."""
+    for jj in range(lo, hi):
+        r = indices[jj]
+        if stamp[r] != tick:
+            stamp[r] = tick
+            count[r] += step
+
+
+@jit
+def _greedy_kernel(
+    indptr: IntArray,
+    indices: IntArray,
+    w: FloatArray,
+    feas_a: BoolArray,
+    bonus_a: FloatArray,
+    active: IntArray,
+    assign: IntArray,
+    used: BoolArray,
+    count: IntArray,
+    stamp: IntArray,
+    budget: int,
+    min_gain: float,
+    rho: float,
+    rho_pow: FloatArray,
+) -> int:
+    """The greedy picks of :func:`lazy_greedy` (``assign``, ``used``, ``count`` updated in
+    place); returns the next unused ``stamp`` tick.
+
+    Each pick takes the point of largest ``gains + tie`` (the first of equal ones) among the
+    points some free crew can take, whose gain is above ``min_gain``; the crew is the one with
+    the smallest best alternative (the largest gain of another free point it can take, 0 when
+    none), then the largest bonus, then the first. The gains of every point are recomputed
+    after each pick, as one sparse product would."""
+    A, P = feas_a.shape
+    K = w.size
+    tick = 1
+    all_routes = np.arange(K)
+    uncovered = np.empty(K)
+    _residual_into(uncovered, w, count, rho, rho_pow, all_routes)
+    gains = np.empty(P)
+    _gains_into(gains, indptr, indices, uncovered)
+    n_free = np.zeros(P, dtype=np.int64)
+    tie = np.full(P, -np.inf)
+    for k in range(A):
+        for j in range(P):
+            if feas_a[k, j]:
+                n_free[j] += 1
+                if bonus_a[k, j] > tie[j]:
+                    tie[j] = bonus_a[k, j]
+    free = np.ones(A, dtype=np.bool_)
+    n_free_crews = A
+    while budget > 0 and n_free_crews > 0:
+        p = -1
+        best_v = -np.inf
+        for j in range(P):
+            if n_free[j] > 0 and not used[j] and gains[j] > min_gain:
+                v = gains[j] + tie[j]
+                if p < 0 or v > best_v:
+                    p = j
+                    best_v = v
+        if p < 0:
+            break
+        n_cand = 0
+        for k in range(A):
+            if free[k] and feas_a[k, p]:
+                n_cand += 1
+        # The crew least useful elsewhere: smallest best alternative, then largest bonus.
+        pick = -1
+        pick_alt = 0.0
+        pick_neg_bonus = 0.0
+        for k in range(A):
+            if not (free[k] and feas_a[k, p]):
+                continue
+            alt = 0.0
+            if n_cand > 1:
+                for j in range(P):
+                    if feas_a[k, j] and not used[j] and j != p and gains[j] > alt:
+                        alt = gains[j]
+            neg_bonus = -bonus_a[k, p]
+            if pick < 0 or alt < pick_alt or (alt == pick_alt and neg_bonus < pick_neg_bonus):
+                pick = k
+                pick_alt = alt
+                pick_neg_bonus = neg_bonus
+        assign[active[pick]] = p
+        used[p] = True
+        free[pick] = False
+        n_free_crews -= 1
+        budget -= 1
+        lo, hi = indptr[p], indptr[p + 1]
+        _add_row(count, stamp, tick, indices, lo, hi, 1)
+        tick += 1
+        _residual_into(uncovered, w, count, rho, rho_pow, indices[lo:hi])
+        _gains_into(gains, indptr, indices, uncovered)
+        # Crew ``pick`` is no longer free: the counts, and the best bonus where it was the best.
+        for j in range(P):
+            if feas_a[pick, j]:
+                n_free[j] -= 1
+                if bonus_a[pick, j] >= tie[j]:
+                    t = -np.inf
+                    for k in range(A):
+                        if free[k] and feas_a[k, j] and bonus_a[k, j] > t:
+                            t = bonus_a[k, j]
+                    tie[j] = t
+    return tick
+
+
+@jit
+def _improve_kernel(
+    indptr: IntArray,
+    indices: IntArray,
+    w: FloatArray,
+    feasible: BoolArray,
+    bonus: FloatArray,
+    movable: IntArray,
+    assign: IntArray,
+    used: BoolArray,
+    count: IntArray,
+    stamp: IntArray,
+    tick: int,
+    max_assignments: int,
+    min_gain: float,
+    rounds: int,
+    rho: float,
+    rho_pow: FloatArray,
+) -> None:
+    """Move one crew at a time to its best point given the others (in place), for at most
+    ``rounds`` rounds, until no crew moves.
+
+    ``movable`` are the crews that may move (``feasible`` and ``bonus`` hold their rows, in
+    that order); ``count`` (manned points per route) and ``used`` are those of ``assign``. A
+    crew that holds takes its best free point (gain + bonus) when the gain is above
+    ``min_gain``, while fewer than ``max_assignments`` crews are placed; a placed crew moves to
+    the best point given the others when it beats its own by more than 1e-9. The gains given
+    every placed crew are computed once for a run of crews that hold."""
+    P = feasible.shape[1]
+    K = w.size
+    all_routes = np.arange(K)
+    residual = np.empty(K)
+    full_gains = np.empty(P)  # gains given every placed crew (valid while ``full_ok``)
+    full_ok = False
+    gains = np.empty(P)
+    n_assigned = 0
+    for j in range(P):
+        if used[j]:
+            n_assigned += 1
+    M = movable.size
+    for _ in range(rounds):
+        changed = False
+        k = 0
+        while k < M:
+            c = movable[k]
+            a = assign[c]
+            if a < 0:
+                if n_assigned >= max_assignments:
+                    k += 1
+                    continue
+                # A run of crews that hold: nothing changes until one of them moves, so each
+                # one's best point is taken on the same gains.
+                j_end = k
+                while j_end < M and assign[movable[j_end]] < 0:
+                    j_end += 1
+                if not full_ok:
+                    _residual_into(residual, w, count, rho, rho_pow, all_routes)
+                    _gains_into(full_gains, indptr, indices, residual)
+                    full_ok = True
+                mover = -1
+                p = -1
+                for i in range(k, j_end):
+                    best = 0
+                    best_score = -np.inf
+                    for q in range(P):
+                        s = full_gains[q] + bonus[i, q] if feasible[i, q] and not used[q] else -np.inf
+                        if q == 0 or s > best_score:
+                            best = q
+                            best_score = s
+                    if full_gains[best] > min_gain and best_score > min_gain + 1e-9:
+                        mover = i
+                        p = best
+                        break
+                if mover < 0:
+                    k = j_end
+                    continue
+                k = mover
+                assign[movable[k]] = p
+                used[p] = True
+                n_assigned += 1
+                _add_row(count, stamp, tick, indices, indptr[p], indptr[p + 1], 1)
+                tick += 1
+                changed = True
+                full_ok = False
+                k += 1
+                continue
+            _add_row(count, stamp, tick, indices, indptr[a], indptr[a + 1], -1)
+            tick += 1
+            _residual_into(residual, w, count, rho, rho_pow, all_routes)
+            _gains_into(gains, indptr, indices, residual)
+            b = 0
+            best_score = -np.inf
+            for q in range(P):
+                ok = (feasible[k, q] and not used[q]) or q == a
+                s = gains[q] + bonus[k, q] if ok else -np.inf
+                if q == 0 or s > best_score:
+                    b = q
+                    best_score = s
+            if gains[b] > min_gain and best_score > (gains[a] + bonus[k, a]) + 1e-9:
+                used[a] = False
+                assign[c] = b
+                used[b] = True
+                changed = True
+                full_ok = False
+            b = assign[c]
+            _add_row(count, stamp, tick, indices, indptr[b], indptr[b + 1], 1)
+            tick += 1
+            k += 1
+        if not changed:
+            return
+
+
+def _rho_pow(rho: float, n: int) -> FloatArray:
+    """``(1 - rho) ** k`` for ``k = 0 .. n - 1``, as numpy computes ``(1 - rho) ** count``
+    (a placeholder when ``rho >= 1``, where no power is used)."""
     if rho >= 1.0:
-        out: FloatArray = w * (count == 0)
-        return out
-    res: FloatArray = w * rho * (1.0 - rho) ** count
-    return res
-
-
-def _gains(inc_w: sp.csr_matrix, uncovered: FloatArray) -> FloatArray:
-    out: FloatArray = np.asarray(inc_w @ uncovered).ravel()
-    return out
-
-
-def _best_alternative(feasible: BoolArray, gains: FloatArray, used: BoolArray, p: int) -> FloatArray:
-    """For each row of ``feasible`` (crews), the largest gain of a free point other than ``p``
-    it can take (0 when none). The few points of largest gain are tried first: a crew that can
-    take one of them has its answer there; only the others scan every point."""
-    avail = ~used
-    avail[p] = False
-    out = np.zeros(feasible.shape[0])
-    g_avail = np.where(avail, gains, -1.0)  # gains are >= 0
-    n_top = min(_ALT_TOP, g_avail.size)
-    if n_top == 0:
-        return out
-    top = np.argpartition(-g_avail, n_top - 1)[:n_top]
-    top = top[g_avail[top] >= 0.0]
-    sub = feasible[:, top]
-    hit = sub.any(axis=1)
-    if hit.any():
-        out[hit] = np.where(sub[hit], gains[top][None, :], -np.inf).max(axis=1)
-    miss = np.flatnonzero(~hit)
-    if miss.size:
-        out[miss] = np.where(feasible[miss] & avail[None, :], gains[None, :], 0.0).max(axis=1)
-    return out
+        return np.ones(1)
+    out = (1.0 - rho) ** np.arange(n, dtype=np.int64)
+    return np.asarray(out, dtype=np.float64)
 
 
 def lazy_greedy(
@@ -161,21 +380,19 @@ def lazy_greedy(
     """Greedy max-coverage, then single-crew improving moves.
 
     Each pick takes the point of largest marginal gain that a free crew can reach in time (the
-    gains of all points are refreshed with one sparse product, which in numpy is cheaper than
-    a lazy priority queue and picks the same), and gives it to the feasible crew with the
-    smallest best alternative.
+    gains of all points are refreshed after each pick), and gives it to the feasible crew with
+    the smallest best alternative.
 
     ``fixed`` pre-assigns crews to points (kept targets); they count toward
     ``max_assignments`` and are never moved. Pairs whose gain is ``<= min_gain`` are not used
     (the crew holds).
 
-    Only crews with a feasible point take part (the others hold), and the per-point counts of
-    free feasible crews and their best tie-break bonus are updated as crews are placed rather
-    than recomputed over every crew: the picks are those of the plain loop.
+    Only crews with a feasible point take part (the others hold); the picks and moves run in
+    compiled kernels (:func:`_greedy_kernel`, :func:`_improve_kernel`).
     """
     C, P = problem.feasible.shape
     inc = _ones_csr(problem.incidence)
-    w = problem.route_weights.astype(np.float64)
+    w = np.ascontiguousarray(problem.route_weights, dtype=np.float64)
     feasible = problem.feasible
     assign = [-1] * C
     used = np.zeros(P, dtype=bool)
@@ -194,59 +411,38 @@ def lazy_greedy(
     fixed_mask = np.array([a >= 0 for a in assign], dtype=bool)
     # The crews that can take a point at all (free, with a feasible point); only they matter.
     active = np.flatnonzero(~fixed_mask & feasible.any(axis=1)) if P else np.zeros(0, dtype=np.int64)
-    feas_a = feasible[active]
-    if problem.pair_bonus is not None:
-        bonus_a = np.asarray(problem.pair_bonus[active], dtype=np.float64)
-    else:
-        bonus_a = np.zeros((active.size, P))
-    free_a = np.ones(active.size, dtype=bool)
-
-    rho = problem.point_reliability
-    uncovered = _residual(w, count, rho)
-    gains = _gains(inc, uncovered)
-    # Per point: how many free crews can take it, and their best tie-break bonus.
-    n_free = feas_a.sum(axis=0)
-    tie = np.where(feas_a, bonus_a, -np.inf).max(axis=0) if active.size else np.full(P, -np.inf)
-    while budget > 0 and free_a.any():
-        # Upper bounds first (lazy evaluation): a point's gain only shrinks as crews are placed,
-        # and the gains of every point are refreshed by one sparse product per pick.
-        reach = (n_free > 0) & ~used & (gains > min_gain)
-        if not reach.any():
-            break
-        p = int(np.argmax(np.where(reach, gains + tie, -np.inf)))
-        cand = np.flatnonzero(free_a & feas_a[:, p])
-        row = inc.indices[inc.indptr[p] : inc.indptr[p + 1]]
-        # The crew least useful elsewhere: smallest best alternative gain, then largest bonus.
-        alt = _best_alternative(feas_a[cand], gains, used, p) if cand.size > 1 else np.zeros(cand.size)
-        order = np.lexsort((active[cand], -bonus_a[cand, p], alt))
-        k = int(cand[order[0]])
-        c = int(active[k])
-        assign[c] = p
-        used[p] = True
-        free_a[k] = False
-        budget -= 1
-        count[row] += 1
-        uncovered[row] = _residual(w[row], count[row], rho)
-        gains = _gains(inc, uncovered)
-        # Crew k is no longer free: update the counts, and the best bonus where it was the best.
-        n_free -= feas_a[k]
-        stale = np.flatnonzero(feas_a[k] & (bonus_a[k] >= tie))
-        if stale.size:
-            rest = free_a[:, None] & feas_a[:, stale]
-            tie[stale] = np.where(rest, bonus_a[:, stale], -np.inf).max(axis=0) if rest.size else -np.inf
-    if improve and active.size:
-        _improve(
-            inc,
-            w,
-            feas_a,
-            bonus_a,
-            active,
-            assign,
-            problem.max_assignments,
-            min_gain,
-            rho=rho,
-            state=(count, used),
+    if active.size:
+        feas_a = np.ascontiguousarray(feasible[active], dtype=np.bool_)
+        if problem.pair_bonus is not None:
+            bonus_a = np.ascontiguousarray(problem.pair_bonus[active], dtype=np.float64)
+        else:
+            bonus_a = np.zeros((active.size, P))
+        rho = float(problem.point_reliability)
+        rho_pow = _rho_pow(rho, C + 2)  # a route passes at most one point per crew
+        assign_a = np.array(assign, dtype=np.int64)
+        stamp = np.zeros(inc.shape[1], dtype=np.int64)
+        indptr, indices = inc.indptr, inc.indices
+        state = (assign_a, used, count, stamp)
+        tick = _greedy_kernel(
+            indptr, indices, w, feas_a, bonus_a, active, *state, budget, float(min_gain), rho, rho_pow
         )
+        if improve:
+            _improve_kernel(
+                indptr,
+                indices,
+                w,
+                feas_a,
+                bonus_a,
+                active,
+                *state,
+                tick,
+                problem.max_assignments,
+                float(min_gain),
+                2,
+                rho,
+                rho_pow,
+            )
+        assign = assign_a.tolist()
     if inc is problem.incidence:
         # ``count`` is kept exact through every placement and move, and every stored entry of
         # the incidence is a 1: this is :func:`coverage_value` of the assignment.
@@ -254,98 +450,6 @@ def lazy_greedy(
     else:
         value = coverage_value(problem, assign)
     return CoverageSolution(assignment=tuple(assign), value=value)
-
-
-def _improve(
-    inc: sp.csr_matrix,
-    w: FloatArray,
-    feasible: BoolArray,
-    bonus: FloatArray,
-    movable: np.ndarray,
-    assign: list[int],
-    max_assignments: int,
-    min_gain: float,
-    rounds: int = 2,
-    rho: float = 1.0,
-    state: tuple[np.ndarray, BoolArray] | None = None,
-) -> None:
-    """Move one crew at a time to its best point given the others (in place).
-
-    ``movable`` are the crews that may move (``feasible`` and ``bonus`` hold their rows, in
-    that order). The gains given every placed crew are computed once and reused for every
-    crew that holds, and again after a crew returns to the point it had. ``state`` (optional):
-    the manned points' count per route and the used points of ``assign``, updated in place
-    (computed from ``assign`` when not given)."""
-    indptr, indices = inc.indptr, inc.indices
-
-    def rows(p: int) -> np.ndarray:
-        out: np.ndarray = indices[indptr[p] : indptr[p + 1]]
-        return out
-
-    P = inc.shape[0]
-    if state is not None:
-        count, used = state
-    else:
-        count = np.zeros(inc.shape[1], dtype=np.int64)
-        used = np.zeros(P, dtype=bool)
-        for a in assign:
-            if a >= 0:
-                count[rows(a)] += 1
-                used[a] = True
-    n_assigned = int(used.sum())
-    full_gains: FloatArray | None = None  # gains given every placed crew (valid while unchanged)
-    order = movable.tolist()
-    M = len(order)
-    for _ in range(rounds):
-        changed = False
-        k = 0
-        while k < M:
-            c = order[k]
-            a = assign[c]
-            if a < 0:
-                if n_assigned >= max_assignments:
-                    k += 1
-                    continue
-                # A run of crews that hold: until one of them moves nothing changes, so their
-                # best points are computed together (each row as the one-crew step would).
-                j = k
-                while j < M and assign[order[j]] < 0:
-                    j += 1
-                if full_gains is None:
-                    full_gains = _gains(inc, _residual(w, count, rho))
-                score = np.where(feasible[k:j] & ~used, full_gains + bonus[k:j], -np.inf)
-                best = np.argmax(score, axis=1)
-                best_score = score[np.arange(j - k), best]
-                moves = np.flatnonzero((full_gains[best] > min_gain) & (best_score > min_gain + 1e-9))
-                if moves.size == 0:
-                    k = j
-                    continue
-                k += int(moves[0])
-                p = int(best[moves[0]])
-                assign[order[k]] = p
-                used[p] = True
-                n_assigned += 1
-                count[rows(p)] += 1
-                changed = True
-                full_gains = None
-                k += 1
-                continue
-            count[rows(a)] -= 1
-            gains = _gains(inc, _residual(w, count, rho))
-            mask = feasible[k] & ~used
-            mask[a] = True
-            score_k = np.where(mask, gains + bonus[k], -np.inf)
-            b = int(np.argmax(score_k))
-            if gains[b] > min_gain and score_k[b] > float(gains[a] + bonus[k, a]) + 1e-9:
-                used[a] = False
-                assign[c] = b
-                used[b] = True
-                changed = True
-                full_gains = None
-            count[rows(assign[c])] += 1
-            k += 1
-        if not changed:
-            return
 
 
 def exact_milp(problem: CoverageProblem, *, time_limit_s: float = 30.0) -> CoverageSolution:

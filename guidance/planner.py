@@ -41,6 +41,7 @@ from guidance.types import (
     PlannerConfig,
     Suggestion,
 )
+from map_data.jit import jit
 from map_data.network_types import City
 from map_data.routing import path_from_predecessors, path_lonlat
 from map_data.types import BoolArray, CompiledGraph, FloatArray, IntArray
@@ -85,7 +86,7 @@ def _crew_start(graph: CompiledGraph, crews: Sequence[Crew]) -> tuple[IntArray, 
 _Row = tuple[FloatArray, IntArray]
 _Route = tuple[tuple[tuple[float, float], ...], tuple[str, ...]]  # polyline (lon, lat), turns
 _EdgePiece = tuple[tuple[tuple[float, float], ...], tuple[float, float]]  # polyline, bearings
-_QuantCache = tuple[EscapePrediction, tuple[object, ...], BoolArray, list[FloatArray]]
+_QuantCache = tuple[EscapePrediction, tuple[object, ...], BoolArray, FloatArray, bool]
 
 
 def _dijkstra_rows(
@@ -291,11 +292,45 @@ def turn_instructions(
     return tuple(out)
 
 
-def _finite_or_zero(x: FloatArray) -> FloatArray:
-    """``np.nan_to_num(x, posinf=0.0)``, without a copy when every value is finite."""
-    if bool(np.isfinite(x).all()):
-        return x
-    out: FloatArray = np.nan_to_num(x, posinf=0.0)
+@jit
+def _finite_or_zero_scalar(x: float) -> float:
+    """``np.nan_to_num(x, posinf=0.0)`` of one value."""
+    if np.isnan(x) or x == np.inf:
+        return 0.0
+    if x == -np.inf:
+        return -1.7976931348623157e308
+    return x
+
+
+@jit
+def _clip_scalar(x: float, lo: float, hi: float) -> float:
+    """``np.clip(x, lo, hi)`` of one value (not NaN)."""
+    y = x if x > lo else lo
+    return y if y < hi else hi
+
+
+@jit
+def _pair_bonus(
+    feasible: BoolArray,
+    eta: FloatArray,
+    tau: FloatArray,
+    likely: FloatArray,
+    max_wait_s: float,
+    wait_scale_s: float,
+) -> FloatArray:
+    """The tie-break bonus of each feasible pair (0 elsewhere): ``1e-6`` times the share of
+    two minutes the crew is early, less ``1e-6`` times its waiting beyond ``max_wait_s`` (in
+    ``wait_scale_s``, up to 1); ``likely`` is the suspect's likely ETA at each point."""
+    C, P = feasible.shape
+    out = np.zeros((C, P))
+    for i in range(C):
+        for j in range(P):
+            if feasible[i, j]:
+                margin = _finite_or_zero_scalar(tau[j] - eta[i, j])
+                wait = _finite_or_zero_scalar(likely[j] - eta[i, j])
+                early = _clip_scalar(margin, 0.0, 120.0) / 120.0
+                idle = _clip_scalar((wait - max_wait_s) / wait_scale_s, 0.0, 1.0)
+                out[i, j] = 1e-6 * early - 1e-6 * idle
     return out
 
 
@@ -337,11 +372,105 @@ def _node_time_order(nodes: IntArray, times: FloatArray, n_nodes: int) -> IntArr
     return order
 
 
-def arrival_quantiles(
+@jit
+def _quantiles_into(
+    out: FloatArray,
+    want: BoolArray,
+    rows: IntArray,
+    nodes: IntArray,
+    times: FloatArray,
+    route_weights: FloatArray,
+    levels: FloatArray,
+) -> None:
+    """``out[i, v]``: the ``levels[i]`` quantile of the first arrivals at each node ``v`` with
+    ``want[v]`` (arrival ``j`` at ``nodes[j]``, time ``times[j]``, weight
+    ``route_weights[rows[j]]``), as :func:`_arrival_quantiles_sorted` computes it: the wanted
+    arrivals ordered by node, then time, then index (counting sorts by binned time then node,
+    and an insertion sort of each node's times), the weights summed one after the other in that order (the
+    running sum over every node, as ``np.cumsum``), and at each node the first arrival whose
+    running sum reaches ``before + q * total + 1e-12`` (the last one when none does: the
+    clipped ``searchsorted`` of a nondecreasing sum). Times must not be NaN, weights not
+    negative; the other entries of ``out`` are left as they are."""
+    n_nodes = want.size
+    sel = np.empty(nodes.size, dtype=np.int64)
+    n_sel = 0
+    t_min, t_max = np.inf, -np.inf
+    for j in range(nodes.size):
+        if want[nodes[j]]:
+            sel[n_sel] = j
+            n_sel += 1
+            t = times[j]
+            if np.isfinite(t):
+                t_min = min(t_min, t)
+                t_max = max(t_max, t)
+    # Counting sort by time bucket (times binned over their range; a bin's order is fixed
+    # below), then by node: by node, bin, index.
+    n_bins = n_sel + 1
+    scale = (n_bins - 1) / (t_max - t_min) if t_max > t_min else 0.0
+    bins = np.empty(n_sel, dtype=np.int64)
+    start = np.zeros(max(n_bins, n_nodes) + 1, dtype=np.int64)
+    for i in range(n_sel):
+        t = times[sel[i]]
+        if t >= t_max:
+            b = n_bins - 1
+        elif t > t_min:
+            b = min(int((t - t_min) * scale), n_bins - 1)
+        else:
+            b = 0
+        bins[i] = b
+        start[b + 1] += 1
+    for b in range(n_bins):
+        start[b + 1] += start[b]
+    by_bin = np.empty(n_sel, dtype=np.int64)
+    for i in range(n_sel):
+        by_bin[start[bins[i]]] = sel[i]
+        start[bins[i]] += 1
+    start[:] = 0
+    for i in range(n_sel):
+        start[nodes[by_bin[i]] + 1] += 1
+    for v in range(n_nodes):
+        start[v + 1] += start[v]
+    fill = start[:n_nodes].copy()
+    order = np.empty(n_sel, dtype=np.int64)
+    for i in range(n_sel):
+        v = nodes[by_bin[i]]
+        order[fill[v]] = by_bin[i]
+        fill[v] += 1
+    # Each node's arrivals by time: an insertion sort (stable, so equal times keep their index
+    # order), with little to move as the bins ordered them already.
+    for v in range(n_nodes):
+        lo, hi = start[v], start[v + 1]
+        for i in range(lo + 1, hi):
+            x = order[i]
+            t = times[x]
+            k = i - 1
+            while k >= lo and times[order[k]] > t:
+                order[k + 1] = order[k]
+                k -= 1
+            order[k + 1] = x
+    cum = np.empty(n_sel)
+    s = 0.0
+    for i in range(n_sel):
+        s += route_weights[rows[order[i]]]
+        cum[i] = s
+    for v in range(n_nodes):
+        lo, hi = start[v], start[v + 1]
+        if hi == lo:
+            continue
+        before = cum[lo - 1] if lo > 0 else 0.0
+        total = cum[hi - 1] - before
+        for li in range(levels.size):
+            x = before + levels[li] * total + 1e-12
+            i = lo
+            while i < hi - 1 and cum[i] < x:
+                i += 1
+            out[li, v] = times[order[i]]
+
+
+def _arrival_quantiles_sorted(
     nodes: IntArray, times: FloatArray, weights: FloatArray, n_nodes: int, levels: Sequence[float]
 ) -> list[FloatArray]:
-    """Per node, the ``levels`` quantiles (weighted) of the routes' first-arrival ``times``
-    there (inf where no route passes): the time by which a share ``q`` of them has passed."""
+    """:func:`arrival_quantiles` with numpy sorts (any times, any weights)."""
     out = [np.full(n_nodes, np.inf) for _ in levels]
     if nodes.size == 0 or not levels:
         return out
@@ -359,6 +488,124 @@ def arrival_quantiles(
     return out
 
 
+def _kernel_quantiles_apply(times: FloatArray, weights: FloatArray) -> bool:
+    """Whether :func:`_quantiles_into` gives the numpy result (no NaN time; weights finite and
+    not negative, so that their running sum never decreases)."""
+    return not bool(np.isnan(times).any()) and bool(((weights >= 0.0) & (weights < np.inf)).all())
+
+
+def arrival_quantiles(
+    nodes: IntArray, times: FloatArray, weights: FloatArray, n_nodes: int, levels: Sequence[float]
+) -> list[FloatArray]:
+    """Per node, the ``levels`` quantiles (weighted) of the routes' first-arrival ``times``
+    there (inf where no route passes): the time by which a share ``q`` of them has passed."""
+    if nodes.size == 0 or not levels or not _kernel_quantiles_apply(times, weights):
+        return _arrival_quantiles_sorted(nodes, times, weights, n_nodes, levels)
+    out = np.full((len(levels), n_nodes), np.inf)
+    want = np.ones(n_nodes, dtype=np.bool_)
+    rows = np.arange(nodes.size, dtype=np.int64)
+    _quantiles_into(
+        out,
+        want,
+        rows,
+        nodes,
+        times,
+        np.asarray(weights, dtype=np.float64),
+        np.array(levels, dtype=np.float64),
+    )
+    return list(out)
+
+
+@jit
+def _incidence_kernel(
+    rows: IntArray,
+    nodes: IntArray,
+    times: FloatArray,
+    shift: float,
+    tau: FloatArray,
+    order_pt: IntArray,
+    first_of: IntArray,
+    count_of: IntArray,
+    weights: FloatArray,
+    n_points: int,
+) -> tuple[IntArray, IntArray, FloatArray]:
+    """The CSR ``indptr`` and ``indices`` of :func:`_incidence` (each point's routes in
+    increasing order), and each point's covered weight (its routes' ``weights`` summed in that
+    order from 0.0, as scipy's product by the matrix of ones does)."""
+    indptr = np.zeros(n_points + 1, dtype=np.int64)
+    ordered = True  # the arrivals at points come by increasing route
+    last = -1
+    for i in range(nodes.size):
+        v = nodes[i]
+        f = first_of[v]
+        if f < 0:
+            continue
+        if rows[i] < last:
+            ordered = False
+        last = rows[i]
+        t = times[i] - shift
+        for k in range(count_of[v]):
+            p = order_pt[f + k]
+            if t >= tau[p] - 1e-9:
+                indptr[p + 1] += 1
+    for p in range(n_points):
+        indptr[p + 1] += indptr[p]
+    indices = np.empty(indptr[n_points], dtype=np.int64)
+    fill = indptr[:-1].copy()
+    for i in range(nodes.size):
+        v = nodes[i]
+        f = first_of[v]
+        if f < 0:
+            continue
+        t = times[i] - shift
+        for k in range(count_of[v]):
+            p = order_pt[f + k]
+            if t >= tau[p] - 1e-9:
+                indices[fill[p]] = rows[i]
+                fill[p] += 1
+    covered = np.empty(n_points)
+    for p in range(n_points):
+        lo, hi = indptr[p], indptr[p + 1]
+        if not ordered:
+            indices[lo:hi] = np.sort(indices[lo:hi])
+        s = 0.0
+        for jj in range(lo, hi):
+            s += weights[indices[jj]]
+        covered[p] = s
+    return indptr, indices, covered
+
+
+def _incidence_covered(
+    rows: IntArray,
+    nodes: IntArray,
+    times: FloatArray,
+    shift: float,
+    tau: FloatArray,
+    order_pt: IntArray,
+    first_of: IntArray,
+    count_of: IntArray,
+    shape: tuple[int, int],
+    weights: FloatArray | None = None,
+) -> tuple[sp.csr_matrix, FloatArray]:
+    """Points × routes (CSR, ones): point ``p`` covers the routes whose first arrival at its
+    crossing (``rows``, ``nodes``, ``times - shift``) is at or after ``tau[p] - 1e-9``.
+    ``order_pt`` lists the points by crossing then level; the points of crossing ``v`` are
+    ``order_pt[first_of[v] : first_of[v] + count_of[v]]``. Also each point's covered weight
+    (``incidence @ weights``, zeros without ``weights``).
+
+    Built in CSR directly by a kernel (each point's routes in increasing order): the same
+    arrays as ``csr_matrix((ones, (points, routes)))`` gives, without its COO conversion."""
+    P, K = shape
+    w = np.zeros(K) if weights is None else np.ascontiguousarray(weights, dtype=np.float64)
+    indptr, indices, covered = _incidence_kernel(
+        rows, nodes, times, float(shift), tau, order_pt, first_of, count_of, w, P
+    )
+    if max(P, K, indices.size) < 2**31:
+        indptr, indices = indptr.astype(np.int32), indices.astype(np.int32)
+    inc = sp.csr_matrix((np.ones(indices.size), indices, indptr), shape=(P, K))
+    return inc, covered
+
+
 def _incidence(
     rows: IntArray,
     nodes: IntArray,
@@ -370,48 +617,8 @@ def _incidence(
     count_of: IntArray,
     shape: tuple[int, int],
 ) -> sp.csr_matrix:
-    """Points × routes (CSR, ones): point ``p`` covers the routes whose first arrival at its
-    crossing (``rows``, ``nodes``, ``times - shift``, routes in increasing order) is at or
-    after ``tau[p] - 1e-9``. ``order_pt`` lists the points by crossing then level; the points of
-    crossing ``v`` are ``order_pt[first_of[v] : first_of[v] + count_of[v]]``.
-
-    Built in CSR directly (each point's routes stay in increasing order): the same arrays as
-    ``csr_matrix((ones, (points, routes)))`` gives, without its COO conversion."""
-    P, K = shape
-    has = first_of[nodes] >= 0
-    r_sel, n_sel, t_sel = rows[has], nodes[has], times[has] - shift
-    cnt = count_of[n_sel]
-    first = first_of[n_sel]
-    pts_parts: list[IntArray] = []
-    col_parts: list[IntArray] = []
-    for k in range(int(count_of.max(initial=0))):
-        if k:
-            ok = np.flatnonzero(cnt > k)
-            pts = order_pt[first[ok] + k]
-            hit = t_sel[ok] >= tau[pts] - 1e-9
-            pts_parts.append(pts[hit])
-            col_parts.append(r_sel[ok[hit]])
-        else:
-            pts = order_pt[first]
-            hit = t_sel >= tau[pts] - 1e-9
-            pts_parts.append(pts[hit])
-            col_parts.append(r_sel[hit])
-    if pts_parts:
-        pr = np.concatenate(pts_parts)
-        pc = np.concatenate(col_parts)
-    else:
-        pr = pc = np.zeros(0, dtype=np.int64)
-    if r_sel.size < 2 or bool(np.all(r_sel[1:] >= r_sel[:-1])):
-        # A point's entries all come from one pass of the loop, routes increasing: a stable
-        # sort by point keeps them so (the canonical CSR order).
-        order = np.argsort(pr.astype(np.uint16) if P <= 1 << 16 else pr, kind="stable")
-    else:
-        order = np.lexsort((pc, pr))
-    idx_dtype = np.int32 if max(P, K, pr.size) < 2**31 else np.int64
-    indices = pc[order].astype(idx_dtype)
-    indptr = np.zeros(P + 1, dtype=idx_dtype)
-    np.cumsum(np.bincount(pr, minlength=P), out=indptr[1:])
-    return sp.csr_matrix((np.ones(pr.size), indices, indptr), shape=(P, K))
+    """The incidence of :func:`_incidence_covered` alone."""
+    return _incidence_covered(rows, nodes, times, shift, tau, order_pt, first_of, count_of, shape)[0]
 
 
 def _align_with_previous(
@@ -430,6 +637,40 @@ def _align_with_previous(
     return CoverageSolution(assignment=tuple(assign), value=solution.value)
 
 
+@jit
+def _tree_path_edges(
+    pred: IntArray, source: int, target: int, keys: IntArray, fastest: IntArray, n_nodes: int
+) -> tuple[IntArray, IntArray, int]:
+    """The nodes of the Dijkstra tree path ``source`` → ``target`` (as
+    :func:`map_data.routing.path_from_predecessors`: empty when unreachable) and the fastest
+    edge between each pair of them (``fastest[i]`` joins the pair ``keys[i] = u * n_nodes +
+    v``, keys sorted); the index of the first pair without an edge, or -1."""
+    if source == target:
+        path = np.full(1, source, dtype=np.int64)
+        return path, np.zeros(0, dtype=np.int64), -1
+    if pred[target] < 0:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), -1
+    n = 1
+    v = target
+    while v != source:
+        v = pred[v]
+        n += 1
+    path = np.empty(n, dtype=np.int64)
+    v = target
+    path[n - 1] = v
+    for i in range(n - 2, -1, -1):
+        v = pred[v]
+        path[i] = v
+    edges = np.empty(n - 1, dtype=np.int64)
+    for i in range(n - 1):
+        want = path[i] * n_nodes + path[i + 1]
+        pos = min(np.searchsorted(keys, want), keys.size - 1)
+        if keys[pos] != want:
+            return path, edges, i
+        edges[i] = fastest[pos]
+    return path, edges, -1
+
+
 class InterceptionPlanner:
     """Plan crews against an :class:`EscapePrediction` on one city."""
 
@@ -446,6 +687,7 @@ class InterceptionPlanner:
         self._routes: dict[tuple[int, int, float], _Route] = {}
         self._labels: dict[tuple[int, bool], tuple[tuple[str, ...], str]] = {}
         self._edge_cache: dict[int, _EdgePiece] = {}
+        self._turn_cache: dict[tuple[int, int], tuple[str, ...]] = {}  # a turn's line (or none)
         self._path_edges([])  # builds the table of fastest edges now rather than in a plan
         self._quant_cache: _QuantCache | None = None
 
@@ -468,20 +710,27 @@ class InterceptionPlanner:
         cached = self._quant_cache
         if cached is None or cached[0] is not prediction or cached[1] != key:
             n = self.graph.n_nodes
-            cached = (prediction, key, np.zeros(n, dtype=bool), [np.full(n, np.inf) for _ in levels])
+            rows, nodes, times = arrivals
+            fits = _kernel_quantiles_apply(times, weights)
+            cached = (prediction, key, np.zeros(n, dtype=bool), np.full((len(levels), n), np.inf), fits)
             self._quant_cache = cached
-        _, _, done, quant = cached
+        _, _, done, quant, fits = cached
         todo = at_nodes[~done[at_nodes]]
         if todo.size:
             want = np.zeros(done.size, dtype=bool)
             want[todo] = True
             rows, nodes, times = arrivals
-            sel = want[nodes]
-            fresh = arrival_quantiles(nodes[sel], times[sel], weights[rows[sel]], done.size, levels)
-            for q, f in zip(quant, fresh, strict=True):
-                q[todo] = f[todo]
+            if fits and levels:
+                _quantiles_into(quant, want, rows, nodes, times, weights, np.array(levels, dtype=np.float64))
+            else:
+                sel = want[nodes]
+                fresh = _arrival_quantiles_sorted(
+                    nodes[sel], times[sel], weights[rows[sel]], done.size, levels
+                )
+                for q, f in zip(quant, fresh, strict=True):
+                    q[todo] = f[todo]
             done[todo] = True
-        return quant
+        return list(quant)
 
     def _point_times(
         self,
@@ -728,6 +977,19 @@ class InterceptionPlanner:
         out_list: list[int] = edges[pos].tolist()
         return out_list
 
+    def _tree_edges(self, pred: IntArray, source: int, target: int) -> list[int]:
+        """``_path_edges(path_from_predecessors(pred, source, target))``, in one kernel."""
+        self._path_edges([])
+        assert self._fastest is not None
+        keys, fastest = self._fastest
+        if keys.size == 0:
+            return self._path_edges(path_from_predecessors(pred, source, target))
+        path, edges, bad = _tree_path_edges(pred, source, target, keys, fastest, self.graph.n_nodes)
+        if bad >= 0:
+            raise GuidanceError(f"no edge from node {int(path[bad])} to node {int(path[bad + 1])}")
+        out: list[int] = edges.tolist()
+        return out
+
     def street_names(self, node: int) -> tuple[str, ...]:
         """Distinct names of the streets meeting at ``node``, main roads first (up to 3)."""
         g = self.graph
@@ -946,18 +1208,12 @@ class InterceptionPlanner:
             starts = _group_starts(sn)
             first_of[sn[starts]] = starts
             count_of[sn[starts]] = np.diff(np.concatenate((starts, [sn.size])))
-        incidence = _incidence(rows, nodes, a_times, shift, tau, order_pt, first_of, count_of, (P, K))
-        covered_p = np.asarray(incidence @ weights).ravel()
+        incidence, covered_p = _incidence_covered(
+            rows, nodes, a_times, shift, tau, order_pt, first_of, count_of, (P, K), weights
+        )
 
         # The tie-break bonus only matters on feasible pairs (the solver never looks elsewhere).
-        bonus = np.zeros(feasible.shape)
-        fr, fc = np.nonzero(feasible)
-        with np.errstate(invalid="ignore"):
-            margin = tau[fc] - eta[fr, fc]
-            wait = likely[pt_node[fc]] - eta[fr, fc]
-        early = np.clip(_finite_or_zero(margin), 0.0, 120.0) / 120.0
-        idle = np.clip((_finite_or_zero(wait) - cfg.max_wait_s) / max(cfg.max_wait_s, 1.0), 0.0, 1.0)
-        bonus[fr, fc] = 1e-6 * early - 1e-6 * idle
+        bonus = _pair_bonus(feasible, eta, tau, likely[pt_node], cfg.max_wait_s, max(cfg.max_wait_s, 1.0))
         problem = CoverageProblem(
             incidence=incidence,
             route_weights=weights,
@@ -1114,8 +1370,7 @@ class InterceptionPlanner:
         hit = self._routes.get(key)
         if hit is not None:
             return hit
-        path = path_from_predecessors(times.predecessors[ci], head, node)
-        edges = [edge, *self._path_edges(path)]
+        edges = [edge, *self._tree_edges(times.predecessors[ci], head, node)]
         names, _ = self._names_label(node, False)
         out = self._route_geometry(edges, names)
         if len(self._routes) >= _ROUTE_CACHE_SIZE:
@@ -1131,7 +1386,20 @@ class InterceptionPlanner:
         if pieces is None or not pieces:  # an edge without geometry, or no edge
             return _polyline(g, edges), turn_instructions(g, edges, names)
         polyline = tuple(itertools.chain(pieces[0][0], *(p[0][1:] for p in pieces[1:])))
-        return polyline, turn_instructions(g, edges, names, bearings=[p[1] for p in pieces])
+        cache = self._turn_cache
+        if len(cache) >= _EDGE_CACHE_SIZE:
+            cache.clear()
+        turns = [f"Prendre {g.edge_name[edges[0]] or 'la voie sans nom'}"]
+        for i, (a, b) in enumerate(itertools.pairwise(edges)):
+            line = cache.get((a, b))
+            if line is None:
+                # The one line of this turn in :func:`turn_instructions`.
+                line = turn_instructions(g, [a, b], (), bearings=[pieces[i][1], pieces[i + 1][1]])[1:-1]
+                cache[(a, b)] = line
+            turns.extend(line)
+        where = " / ".join(names) if names else "le carrefour"
+        turns.append(f"Arrivée : {where}, s'arrêter et attendre")
+        return polyline, tuple(turns)
 
     def _edge_pieces(self, edges: Sequence[int]) -> list[_EdgePiece] | None:
         """Each edge's polyline (lon, lat) and bearings, kept by the planner (``None`` when an
