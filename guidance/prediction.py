@@ -14,6 +14,7 @@ fields are computed once per city.
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -40,12 +41,12 @@ from guidance.types import (
     GuidanceError,
     RouteSamples,
 )
+from map_data.jit import jit
 from map_data.network_types import City
 from map_data.types import BoolArray, CompiledGraph, FloatArray, IntArray
 
-PREDICTOR_VERSION = "escape-mixture/4"
-_STEP_BLOCK = 16  # crossings walked between two checks for the routes that ended
-_STATIC_CACHE_SIZE = 8  # incident origins whose per-model score tables are kept
+PREDICTOR_VERSION = "escape-mixture/5"
+_AWAY_CACHE_SIZE = 64  # incident origins whose distance fields are kept (4 bytes a node each)
 Float32Array = npt.NDArray[np.float32]
 
 
@@ -157,8 +158,8 @@ class EscapePredictor:
         turn = np.abs(np.angle(np.exp(1j * (bearings[safe] - bearings[:, None])))) / (np.pi / 2)
         uturn = self._succ_head == g.edge_u[:, None]
         rank = g.edge_rank[safe]
-        names = sorted(n for n, w in self.config.model_weights.items() if w > 0)
-        self._static = np.stack(
+        names = self.model_names
+        static = np.stack(
             [
                 np.where(
                     self._succ_valid,
@@ -170,16 +171,11 @@ class EscapePredictor:
                 for n in names
             ]
         )
+        # An edge's valid successors come first in its row: the walk reads the first
+        # ``_n_succ[e]`` of them.
+        self._n_succ: IntArray = self._succ_valid.sum(axis=1).astype(np.int64)
+        self._has_succ: BoolArray = np.asarray(self._n_succ > 0, dtype=np.bool_)
         self._times_to_flat = np.ascontiguousarray(self.destinations.times_to, dtype=np.float32).ravel()
-        self._has_succ: BoolArray = np.asarray(self._succ_valid.any(axis=1), dtype=np.bool_)
-        self._all_succ = bool(self._has_succ.all())
-        temps = np.array([self.models[n].temperature_s for n in names])
-        # The scores times each model's temperature (the argmax over a row's choices is the
-        # same): the destination term is then a plain difference of times.
-        self._static_time = (self._static * temps[:, None, None] - self._succ_time[None, :, :]).astype(
-            np.float32
-        )
-        self._static_cache: dict[int, Float32Array] = {}
         ms = [self.models[n] for n in self.model_names]
         self._m_speed = np.array([m.speed_factor for m in ms])
         self._m_jitter = np.array([m.speed_jitter for m in ms])
@@ -187,6 +183,17 @@ class EscapePredictor:
         self._m_away = np.array([m.away_weight for m in ms])
         self._m_any_exit = np.array([m.any_exit for m in ms], dtype=np.bool_)
         self._m_kinds = [self.destinations.kind_mask(m.destination_kinds) for m in ms]
+        # The scores times each model's temperature, in seconds (float32: the walk's score
+        # arithmetic): the destination term is then a plain difference of times. One row per
+        # (model, edge): row ``model * n_edges + edge``.
+        self._static_time: Float32Array = np.ascontiguousarray(
+            (static * self._m_temp[:, None, None] - self._succ_time[None, :, :])
+            .astype(np.float32)
+            .reshape(-1, self._succ.shape[1])
+        )
+        # Seconds of score per hectometre away from the incident, per model (float32).
+        self._away_s: Float32Array = (self._m_away * self._m_temp).astype(np.float32)
+        self._away_cache: dict[int, Float32Array] = {}
         self._kind_values = tuple(k.value for k in self.destinations.kinds)
         self._kind_of = dict(zip(self.destinations.nodes.tolist(), self._kind_values, strict=True))
         self.max_speed_factor = float(np.max(self._m_speed * np.exp(2.5 * self._m_jitter)))
@@ -196,28 +203,19 @@ class EscapePredictor:
 
     # ----------------------------------------------------------------------------------------
 
-    def _static_for(self, origin: int) -> Float32Array:
-        """Per (model, edge) row, each successor's score without the destination term, in
-        seconds (the logit times the model's temperature: same argmax): the static preferences
-        and "away from the incident" (``origin``). Terms constant over a row's choices (the time
-        left from the current node, its distance from the incident) do not change the argmax
-        and are left out. A function of the origin alone: the last few are kept."""
-        got = self._static_cache.get(origin)
+    def _away_hm(self, origin: int) -> Float32Array:
+        """Each crossing's straight-line distance from ``origin`` in hectometres (float32): the
+        "away from the incident" term of a successor's score is this at its head times the
+        model's :attr:`_away_s`."""
+        got = self._away_cache.get(origin)
         if got is not None:
             return got
         g = self.graph
-        rho = (np.hypot(*(g.node_xy - g.node_xy[origin]).T) / 100.0).astype(np.float32)  # hm
-        away_m = (self._m_away * self._m_temp).astype(np.float32)
-        rho_head = rho.take(self._succ_head)
-        static = np.empty_like(self._static_time)
-        for mi in range(static.shape[0]):
-            np.multiply(rho_head, away_m[mi], out=static[mi])
-            static[mi] += self._static_time[mi]
-        out: Float32Array = static.reshape(-1, static.shape[2])
+        out: Float32Array = (np.hypot(*(g.node_xy - g.node_xy[origin]).T) / 100.0).astype(np.float32)
         out.flags.writeable = False
-        if len(self._static_cache) >= _STATIC_CACHE_SIZE:
-            self._static_cache.pop(next(iter(self._static_cache)))
-        self._static_cache[origin] = out
+        if len(self._away_cache) >= _AWAY_CACHE_SIZE:
+            self._away_cache.pop(next(iter(self._away_cache)))
+        self._away_cache[origin] = out
         return out
 
     def _check_belief(self, belief: BeliefLike) -> None:
@@ -305,97 +303,42 @@ class EscapePredictor:
         factor = self._m_speed[model] * np.exp(self._m_jitter[model] * rng.standard_normal(K))
         dest_node = dests.nodes[dest_idx]
 
-        cur_edge = pos_edges[start].copy()
+        cur_edge = pos_edges[start]
         remaining = np.maximum(0.0, 1.0 - pos_off[start] / np.maximum(g.edge_length_m[cur_edge], 1e-9))
         t = g.edge_time_s[cur_edge] * remaining / factor
-        node = g.edge_v[cur_edge].copy()
-
-        # The walk: one crossing per step for all the routes still walking at once.
-        S = cfg.max_steps + 1
-        n = g.n_nodes
-        E = g.n_edges
-        tt_flat = self._times_to_flat
-        succ, has_succ = self._succ, self._has_succ
-        succ_head, edge_time, edge_v = self._succ_head, g.edge_time_s, g.edge_v
-        static = self._static_for(origin)
-        exit_node = self._exit_node
         any_exit = self._m_any_exit[model]
-        active = (t < horizon_s) & (node != dest_node) & ~(any_exit & exit_node[node]) & has_succ[cur_edge]
-        W = succ.shape[1]
-        succ_flat = succ.ravel()
-        # The routes still walking advance together, ``_STEP_BLOCK`` crossings at a time: a
-        # block walks without testing for the end of a route, then finds where each route ended
-        # (horizon, destination, dead end) from the block's record, keeps the steps up to there
-        # and drops the routes that ended. The state (``idx`` the routes, the other arrays
-        # aligned with it) is that of the routes walking at the block's start, and so is the
-        # block's Gumbel noise: the draws depend only on the inputs (the seed and the walk).
-        idx = np.flatnonzero(active)
-        ce = cur_edge[idx]
-        row0 = model[idx] * E
-        d_off = (dest_idx * n)[idx][:, None]
-        temp = self._m_temp[model[idx]][None, :, None].astype(np.float32)
-        f_c = factor[idx]
-        tc = t[idx] * f_c  # free-flow time walked (the route's time times its speed factor)
-        lim = horizon_s * f_c
-        dest_c = dest_node[idx]
-        any_c = any_exit[idx]
-        rec_idx: list[IntArray] = [np.arange(K)]
-        rec_step: list[IntArray] = [np.zeros(K, dtype=np.int64)]
-        rec_edge: list[IntArray] = [cur_edge]
-        rec_time: list[FloatArray] = [t]
-        s0 = 1
-        while idx.size and s0 < S:
-            nb = min(_STEP_BLOCK, S - s0)
-            # Standard Gumbel noise in float32: -log(-log(u)), u uniform in [0, 1) (u = 0 gives
-            # -inf, never +inf, so a padded successor, at -inf, is never chosen), times each
-            # route's temperature (the scores are in seconds: times the temperature, the argmax
-            # is the same).
-            with np.errstate(divide="ignore"):
-                gumbel = -np.log(-np.log(rng.random(size=(nb, idx.size, W), dtype=np.float32)))
-            gumbel *= temp
-            walked = np.empty((nb, idx.size), dtype=np.int64)
-            for j in range(nb):
-                # (``take`` gathers rows several times faster than fancy indexing.)
-                heads = succ_head.take(ce, axis=0)
-                heads += d_off
-                logits = static.take(row0 + ce, axis=0)
-                logits -= tt_flat.take(heads)
-                logits += gumbel[j]
-                ce = succ_flat[ce * W + logits.argmax(axis=1)]
-                walked[j] = ce
-            tw = tc + np.cumsum(edge_time[walked], axis=0)
-            heads_w = edge_v[walked]
-            ended = (tw >= lim) | (heads_w == dest_c)
-            if any_c.any():
-                ended |= any_c & exit_node[heads_w]
-            if not self._all_succ:
-                ended |= ~has_succ[walked]
-            ended = np.logical_or.accumulate(ended, axis=0)
-            # A route takes a step if it had not ended before it.
-            took = np.ones_like(ended)
-            took[1:] = ~ended[:-1]
-            j_took, r_took = np.nonzero(took)
-            rec_idx.append(idx[r_took])
-            rec_step.append(s0 + j_took)
-            rec_edge.append(walked[j_took, r_took])
-            rec_time.append(tw[j_took, r_took] / f_c[r_took])
-            go = ~ended[-1]
-            idx, ce, tc, row0, d_off = idx[go], ce[go], tw[-1][go], row0[go], d_off[go]
-            temp, f_c, lim, dest_c, any_c = temp[:, go], f_c[go], lim[go], dest_c[go], any_c[go]
-            s0 += nb
-        all_idx = np.concatenate(rec_idx)
-        all_step = np.concatenate(rec_step)
-        lengths = np.bincount(all_idx, minlength=K).astype(np.int64)
-        width = int(lengths.max())
-        edges = np.full((K, width), -1, dtype=np.int64)
-        times = np.full((K, width), np.inf, dtype=np.float64)
-        edges[all_idx, all_step] = np.concatenate(rec_edge)
-        times[all_idx, all_step] = np.concatenate(rec_time)
-        nodes = np.where(edges >= 0, edge_v[np.maximum(edges, 0)], -1)
-        last_node = nodes[np.arange(K), lengths - 1]
-        left = ((last_node == dest_node) & dests.is_exit[dest_idx] | any_exit & exit_node[last_node]) & (
-            times[np.arange(K), lengths - 1] <= horizon_s
+
+        # The walk (compiled): each route in turn, one crossing per step, until the horizon, its
+        # destination, an exit (models with ``any_exit``) or a dead end; one uniform draw from
+        # ``rng`` per step with a choice (see :func:`_walk_routes`).
+        nodes, edges, times, lengths = _walk_routes(
+            cur_edge,
+            t,
+            factor,
+            model,
+            dest_idx,
+            dest_node,
+            any_exit,
+            self._succ,
+            self._n_succ,
+            self._succ_head,
+            self._static_time,
+            self._away_s,
+            self._away_hm(origin),
+            self._times_to_flat,
+            self._m_temp,
+            g.edge_time_s,
+            g.edge_v,
+            self._exit_node,
+            float(horizon_s),
+            cfg.max_steps,
+            rng,
         )
+        last = lengths - 1
+        last_node = nodes[np.arange(K), last]
+        left = (
+            (last_node == dest_node) & dests.is_exit[dest_idx] | any_exit & self._exit_node[last_node]
+        ) & (times[np.arange(K), last] <= horizon_s)
         weights = np.full(K, 1.0 / K)
         samples = RouteSamples(
             nodes=nodes,
@@ -449,46 +392,263 @@ class EscapePredictor:
 
 
 # --------------------------------------------------------------------------------------------
+# The walk (compiled)
+# --------------------------------------------------------------------------------------------
+
+
+@jit
+def _walk_routes(
+    cur_edge: IntArray,
+    t_s: FloatArray,
+    factor: FloatArray,
+    model: IntArray,
+    dest_idx: IntArray,
+    dest_node: IntArray,
+    any_exit: BoolArray,
+    succ: IntArray,
+    n_succ: IntArray,
+    succ_head: IntArray,
+    static_time: Float32Array,
+    away_s: Float32Array,
+    away_hm: Float32Array,
+    times_to_flat: Float32Array,
+    temperature_s: FloatArray,
+    edge_time_s: FloatArray,
+    edge_v: IntArray,
+    exit_node: BoolArray,
+    horizon_s: float,
+    max_steps: int,
+    rng: np.random.Generator,
+) -> tuple[IntArray, IntArray, FloatArray, IntArray]:
+    """Walk the K routes; return their ``(nodes, edges, times_s, lengths)`` (K × longest,
+    padded with -1 / inf), step 0 being each route's start (``cur_edge[k]`` at ``t_s[k]``).
+
+    Route k (model ``m``, speed ``factor[k]``) walks until its time reaches ``horizon_s``, it
+    reaches ``dest_node[k]``, an exit when ``any_exit[k]``, an edge with no successor, or
+    ``max_steps`` crossings. At each crossing it takes the successor j of its edge e with
+    probability proportional to ``exp(score_j / temperature_s[m])``: the softmax of the model's
+    logits, the distribution the Gumbel-max trick samples (one uniform draw per step instead of
+    one Gumbel draw per successor; none when there is a single successor). ``score_j``, in
+    seconds, is ``static_time[m * E + e, j] + away_hm[head_j] * away_s[m] -
+    times_to_flat[dest_idx[k] * n + head_j]`` in float32 (the tables' precision: the scores
+    of earlier versions, bit for bit); the weights, their sum and the times are float64.
+    Routes are walked in order, so the draws depend only on ``rng``'s state and the inputs.
+    """
+    K = cur_edge.size
+    S = max_steps + 1
+    E = succ.shape[0]
+    W = succ.shape[1]
+    n = away_hm.size
+    flat_edge = np.empty(K * S, dtype=np.int64)
+    flat_time = np.empty(K * S, dtype=np.float64)
+    lengths = np.empty(K, dtype=np.int64)
+    score = np.empty(W, dtype=np.float32)
+    weight = np.empty(W, dtype=np.float64)
+    for k in range(K):
+        base = k * S
+        ce = cur_edge[k]
+        flat_edge[base] = ce
+        flat_time[base] = t_s[k]
+        node = edge_v[ce]
+        dest = dest_node[k]
+        ax = any_exit[k]
+        length = 1
+        if t_s[k] < horizon_s and node != dest and not (ax and exit_node[node]) and n_succ[ce] > 0:
+            f = factor[k]
+            walked_s = t_s[k] * f  # free-flow time walked (the route's time times its speed factor)
+            limit_s = horizon_s * f
+            m = model[k]
+            row0 = m * E
+            d_off = dest_idx[k] * n
+            away = away_s[m]
+            temp = temperature_s[m]
+            while length < S:
+                w_n = n_succ[ce]
+                j_pick = 0
+                if w_n > 1:
+                    row = row0 + ce
+                    for j in range(w_n):
+                        head = succ_head[ce, j]
+                        score[j] = static_time[row, j] + away_hm[head] * away - times_to_flat[d_off + head]
+                    best = score[0]
+                    for j in range(1, w_n):
+                        if score[j] > best:
+                            best = score[j]
+                    total = 0.0
+                    for j in range(w_n):
+                        w = math.exp((score[j] - best) / temp)
+                        weight[j] = w
+                        total += w
+                    u = rng.random() * total
+                    acc = 0.0
+                    for j in range(w_n):
+                        if weight[j] > 0.0:
+                            j_pick = j
+                            acc += weight[j]
+                            if acc > u:
+                                break
+                ce = succ[ce, j_pick]
+                walked_s += edge_time_s[ce]
+                node = edge_v[ce]
+                flat_edge[base + length] = ce
+                flat_time[base + length] = walked_s / f
+                length += 1
+                if walked_s >= limit_s or node == dest or (ax and exit_node[node]) or n_succ[ce] == 0:
+                    break
+        lengths[k] = length
+    width = 1
+    for k in range(K):
+        width = max(width, lengths[k])
+    nodes = np.full((K, width), -1, dtype=np.int64)
+    edges = np.full((K, width), -1, dtype=np.int64)
+    times = np.full((K, width), np.inf, dtype=np.float64)
+    for k in range(K):
+        base = k * S
+        for s in range(lengths[k]):
+            edge = flat_edge[base + s]
+            edges[k, s] = edge
+            nodes[k, s] = edge_v[edge]
+            times[k, s] = flat_time[base + s]
+    return nodes, edges, times, lengths
+
+
+# --------------------------------------------------------------------------------------------
 # Statistics over the samples (vectorised)
 # --------------------------------------------------------------------------------------------
 
 
 def first_arrivals(samples: RouteSamples, horizon_s: float) -> tuple[IntArray, IntArray, FloatArray]:
-    """``(route, node, time)`` of each route's first arrival at each node within the horizon."""
-    K, S = samples.nodes.shape
-    valid = (samples.nodes >= 0) & (samples.times_s <= horizon_s)
-    rows = np.broadcast_to(np.arange(K)[:, None], (K, S))[valid]
-    nodes = samples.nodes[valid]
-    times = samples.times_s[valid]
-    # Times grow along a route, so the first (route, node) occurrence is the first arrival.
-    key = rows * (int(nodes.max(initial=0)) + 1) + nodes
-    _, first = np.unique(key, return_index=True)
-    return rows[first], nodes[first], times[first]
+    """``(route, node, time)`` of each route's first arrival at each node within the horizon,
+    by route, then by node."""
+    n_nodes = int(samples.nodes.max(initial=-1)) + 1
+    return _first_arrivals_kernel(
+        np.ascontiguousarray(samples.nodes, dtype=np.int64),
+        np.ascontiguousarray(samples.times_s, dtype=np.float64),
+        float(horizon_s),
+        n_nodes,
+    )
+
+
+@jit
+def _first_arrivals_kernel(
+    nodes: IntArray, times_s: FloatArray, horizon_s: float, n_nodes: int
+) -> tuple[IntArray, IntArray, FloatArray]:
+    """:func:`first_arrivals`: times grow along a route, so a route's first visit of a node is
+    its first arrival. The arrivals, found route by route, are put in order of node, then of
+    route by two stable counting sorts."""
+    K, S = nodes.shape
+    n = max(n_nodes, 1)
+    seen = np.full(n, -1, dtype=np.int64)  # the last route that reached a node
+    route_end = np.zeros(K + 1, dtype=np.int64)
+    found = np.empty(K * S, dtype=np.int64)  # flat index k * S + s of each first arrival
+    count = 0
+    for k in range(K):
+        for s in range(S):
+            v = nodes[k, s]
+            if v >= 0 and times_s[k, s] <= horizon_s and seen[v] != k:
+                seen[v] = k
+                found[count] = k * S + s
+                count += 1
+        route_end[k + 1] = count
+    # By node (stable: by route within a node) ...
+    node_start = np.zeros(n + 1, dtype=np.int64)
+    for i in range(count):
+        node_start[nodes.flat[found[i]] + 1] += 1
+    for v in range(n):
+        node_start[v + 1] += node_start[v]
+    by_node = np.empty(count, dtype=np.int64)
+    for i in range(count):
+        v = nodes.flat[found[i]]
+        by_node[node_start[v]] = found[i]
+        node_start[v] += 1
+    # ... then by route (stable: by node within a route).
+    fill = route_end[:-1].copy()
+    rows = np.empty(count, dtype=np.int64)
+    out_nodes = np.empty(count, dtype=np.int64)
+    out_times = np.empty(count, dtype=np.float64)
+    for i in range(count):
+        f = by_node[i]
+        k = f // S
+        j = fill[k]
+        fill[k] += 1
+        rows[j] = k
+        out_nodes[j] = nodes.flat[f]
+        out_times[j] = times_s.flat[f]
+    return rows, out_nodes, out_times
 
 
 def _node_statistics(
     samples: RouteSamples, n_nodes: int, horizon_s: float, arrivals: tuple[IntArray, IntArray, FloatArray]
 ) -> tuple[FloatArray, FloatArray, FloatArray]:
+    """Per node: the probability that a route passes (by ``horizon_s``), its earliest arrival and
+    its weighted median arrival (the first arrival, by time, at which the running weight
+    reaches half the node's)."""
     rows, nodes, times = arrivals
     w = samples.weights[rows]
     total = float(samples.weights.sum())
     pass_p = np.bincount(nodes, weights=w, minlength=n_nodes) / total
+    earliest, likely = _arrival_times_kernel(
+        np.ascontiguousarray(nodes, dtype=np.int64),
+        np.ascontiguousarray(times, dtype=np.float64),
+        np.ascontiguousarray(w, dtype=np.float64),
+        n_nodes,
+    )
+    return pass_p, earliest, likely
+
+
+@jit
+def _arrival_times_kernel(
+    nodes: IntArray, times_s: FloatArray, weights: FloatArray, n_nodes: int
+) -> tuple[FloatArray, FloatArray]:
+    """Per node, the earliest arrival and the weighted median (``inf`` where none). The
+    arrivals are ordered by node (a counting sort keeping their order), then by time (a stable
+    insertion sort: equal times keep their order); the running weight is summed over that
+    whole order, as a cumulative sum would be, and the median is the first arrival of the node
+    whose running weight reaches the weight before the node plus half the node's (less 1e-12)."""
+    N = nodes.size
     earliest = np.full(n_nodes, np.inf)
     likely = np.full(n_nodes, np.inf)
-    if nodes.size:
-        order = np.argsort(nodes + times / (horizon_s + 1.0))  # by node, then time
-        n_s, t_s, w_s = nodes[order], times[order], w[order]
-        starts = np.flatnonzero(np.r_[True, n_s[1:] != n_s[:-1]])
-        group_nodes = n_s[starts]
-        earliest[group_nodes] = t_s[starts]
-        cum = np.cumsum(w_s)
-        before = np.r_[0.0, cum][starts]
-        ends = np.r_[starts[1:], n_s.size]
-        group_total = cum[ends - 1] - before
-        target = before + 0.5 * group_total
-        med = np.searchsorted(cum, target - 1e-12)
-        likely[group_nodes] = t_s[np.minimum(med, ends - 1)]
-    return pass_p, earliest, likely
+    start = np.zeros(n_nodes + 1, dtype=np.int64)
+    for i in range(N):
+        start[nodes[i] + 1] += 1
+    for v in range(n_nodes):
+        start[v + 1] += start[v]
+    fill = start[:-1].copy()
+    t_s = np.empty(N, dtype=np.float64)
+    w_s = np.empty(N, dtype=np.float64)
+    for i in range(N):
+        v = nodes[i]
+        j = fill[v]
+        fill[v] += 1
+        # Insertion into the node's run, after the arrivals of no later time.
+        t = times_s[i]
+        w = weights[i]
+        while j > start[v] and t_s[j - 1] > t:
+            t_s[j] = t_s[j - 1]
+            w_s[j] = w_s[j - 1]
+            j -= 1
+        t_s[j] = t
+        w_s[j] = w
+    cum = 0.0
+    for v in range(n_nodes):
+        lo = start[v]
+        hi = start[v + 1]
+        if hi == lo:
+            continue
+        earliest[v] = t_s[lo]
+        before = cum
+        for i in range(lo, hi):
+            cum += w_s[i]
+        target = before + 0.5 * (cum - before) - 1e-12
+        run = before  # the same running sum again, up to the median
+        med = hi - 1
+        for i in range(lo, hi):
+            run += w_s[i]
+            if run >= target:
+                med = i
+                break
+        likely[v] = t_s[med]
+    return earliest, likely
 
 
 def _top_routes(samples: RouteSamples, kind_of: Mapping[int, str], top_k: int) -> tuple[EscapeRoute, ...]:
