@@ -419,7 +419,7 @@ def create_app(
             beat = _heartbeats(hub, config.heartbeat_s)
             background.append(asyncio.create_task(beat, name="cordon-heartbeat"))
         stop_watching_gc = metrics.watch_gc()
-        freeze_startup_heap()
+        gc_thresholds = freeze_startup_heap()
         log.info(
             "cordon worker %s ready (bus=%s, state=%s, clock=%s)",
             config.worker_id,
@@ -449,6 +449,7 @@ def create_app(
                     close()
             stop_watching_gc()
             gc.unfreeze()  # an app stopped in a longer-lived process (tests) is collectable again
+            gc.set_threshold(*gc_thresholds)
 
     app = FastAPI(
         title="Cordon",

@@ -341,8 +341,10 @@ class CrewTrackMsg(TrackMsg):
 
 class CrewPredictionMsg(PredictionMsg):
     """A ``prediction`` pushed to a crew holding a suggestion for the incident (no ``seq``). Its
-    ``geojson`` has the crossings and routes but not the ``position`` lines, which the tablet's
-    map does not draw."""
+    ``geojson`` is compact: the likely ``route`` lines, as the consoles get them, and the
+    ``crossing`` points passed with probability at least 0.1 (at most 100, the most likely;
+    properties ``kind``, ``probability``, ``likely_eta_s``); not the ``position`` lines nor the
+    unlikely crossings, which the tablet's map does not draw."""
 
     seq: int | None = Field(default=None, ge=0)  # type: ignore[assignment]
 

@@ -282,7 +282,9 @@ def suggestion_body(s: SuggestionLike, state: m.SuggestionState) -> Json:
         "lon": float(s.lon),
         "lat": float(s.lat),
         "street_names": [str(n) for n in s.street_names],
-        "route_lonlat": [[float(a), float(b)] for a, b in s.route_lonlat],
+        # 6 decimals (about 0.1 m, as the prediction's GeoJSON): the route is most of the
+        # suggestion's size, sent to the crew and in every plan to the consoles
+        "route_lonlat": [[round(float(a), 6), round(float(b), 6)] for a, b in s.route_lonlat],
         "turns": list(s.turns),
         "crew_eta_s": float(s.crew_eta_s),
         "suspect_earliest_eta_s": finite(s.suspect_earliest_eta_s),
@@ -366,6 +368,9 @@ class DispatchService:
         self._ticked_at: datetime | None = None  # last periodic re-plan (simulated or wall time)
         self._planned_at: dict[str, float] = {}  # incident -> monotonic time of its last plan published
         self._ticked_crew_version = -1
+        # incidents a tick skipped (planned within the interval): the crews' move of that tick is
+        # not seen by them yet, so the next tick re-plans them even if nothing moved since
+        self._tick_deferred: set[str] = set()
         self.periodic_replans = 0  # core re-plans made because time advanced
         self.periodic_plans = 0  # of those, the plans published
         self.coalesce = coalesce
@@ -587,6 +592,7 @@ class DispatchService:
             self._declines.pop(incident_id, None)
             self._forget_prediction(incident_id)
             self._planned_at.pop(incident_id, None)
+            self._tick_deferred.discard(incident_id)
         self._audit(actor, "incident_closed", incident_id=incident_id, commune=info.get("commune"))
         await self._publish_op(
             self.communes_of(info), {"type": "incident", "event": "closed", "incident": _public(info)}
@@ -1531,10 +1537,11 @@ class DispatchService:
         if self._ticked_at is not None and (now - self._ticked_at).total_seconds() < self.replan_s:
             return 0
         version, _status_version = await self.state.crew_versions()
-        if not force and version == self._ticked_crew_version:
+        moved = version != self._ticked_crew_version
+        if not force and not moved and not self._tick_deferred:
             self._ticked_at = now
             return 0
-        seen_version = self._ticked_crew_version
+        deferred, self._tick_deferred = self._tick_deferred, set()
         self._ticked_at, self._ticked_crew_version = now, version
         # The crews' positions first (one push, no re-plan), then each incident is re-planned
         # in its own core call, so a sighting waits behind one incident's plan at most.
@@ -1542,21 +1549,25 @@ class DispatchService:
         published = 0
         fresh_before = time.monotonic() - self.replan_s
         for info in await self.state.incidents():
+            incident_id = info["incident_id"]
             if info.get("closed_at") or not (info.get("_origin") or info.get("n_sightings")):
                 continue
-            if not force and self._planned_at.get(info["incident_id"], -math.inf) > fresh_before:
+            if not force and not moved and incident_id not in deferred:
+                continue  # it has seen the crews as they are (re-planned at an earlier tick)
+            if not force and self._planned_at.get(incident_id, -math.inf) > fresh_before:
                 # planned (on a sighting, a decision) within the interval: time has not passed
                 # for it; re-planning would make sightings of it wait behind the re-plan. The
-                # next tick looks again (the crews' move is not taken as seen by it).
-                self._ticked_crew_version = seen_version
+                # next tick looks at it again (this tick's crews' move is not seen by it), and
+                # at it alone when no crew moved since.
+                self._tick_deferred.add(incident_id)
                 continue
             try:
-                if await self.replan(info["incident_id"], skip_unchanged=True, at=now):
+                if await self.replan(incident_id, skip_unchanged=True, at=now):
                     published += 1
             except ServiceError:
                 continue  # closed or purged meanwhile
             except Exception:
-                log.exception("periodic re-plan of %s failed", info["incident_id"])
+                log.exception("periodic re-plan of %s failed", incident_id)
         self.periodic_plans += published
         return published
 
@@ -1702,6 +1713,7 @@ class DispatchService:
                 self._declines.pop(incident_id, None)
                 self._forget_prediction(incident_id)
                 self._planned_at.pop(incident_id, None)
+                self._tick_deferred.discard(incident_id)
                 rows += await self.state.drop_incident(incident_id)
         return rows
 
@@ -1855,16 +1867,46 @@ def prediction_message(coordinator: Any, city: City, incident_id: str, at: datet
     return None
 
 
+#: The tablets' prediction: the crossings the suspect passes with at least this probability,
+#: at most :data:`CREW_MAX_CROSSINGS` of them (the most likely).
+CREW_MIN_CROSSING_PROBABILITY = 0.1
+CREW_MAX_CROSSINGS = 100
+_CREW_CROSSING_PROPERTIES = ("kind", "probability", "likely_eta_s")
+
+
 def crew_prediction_geojson(geojson: Json) -> Json:
-    """The prediction the tablets get: without its ``position`` features (the suspect's
-    position at each horizon, most of the collection's size), which the crew map does not draw
-    (``web/js/crew.js``); the routes and crossings as the consoles get them. A car on mobile
-    data receives a fraction of the bytes, and the server sends a fraction."""
+    """The prediction the tablets get, compact for a car on mobile data: the likely routes
+    (``route`` lines, as the consoles get them) and the crossings the suspect passes with
+    probability at least :data:`CREW_MIN_CROSSING_PROBABILITY` (at most
+    :data:`CREW_MAX_CROSSINGS`, the most likely; properties ``kind``, ``probability`` and
+    ``likely_eta_s``). Not the ``position`` lines (the suspect's position at each horizon) nor
+    the unlikely crossings, most of the collection's size, which the crew map does not draw
+    (``web/js/crew.js``: it draws a crossing's circle by its probability, and the routes).
+    The tablets of an incident receive a fraction of the consoles' bytes. A crossing without a
+    ``probability`` is kept as it is."""
     features = geojson.get("features")
     if not isinstance(features, list):
         return geojson
-    kept = [f for f in features if (f.get("properties") or {}).get("kind") != "position"]
-    return dict(geojson, features=kept)
+    crossings: list[tuple[float, int, Json]] = []
+    routes: list[Json] = []
+    for i, f in enumerate(features):
+        props = f.get("properties") or {}
+        kind = props.get("kind")
+        if kind == "route":
+            routes.append(f)
+        elif kind == "crossing":
+            p = props.get("probability")
+            if p is None:
+                crossings.append((math.inf, i, f))
+            elif p >= CREW_MIN_CROSSING_PROBABILITY:
+                slim = {k: props[k] for k in _CREW_CROSSING_PROPERTIES if k in props}
+                crossings.append(
+                    (float(p), i, {"type": "Feature", "geometry": f.get("geometry"), "properties": slim})
+                )
+    if len(crossings) > CREW_MAX_CROSSINGS:
+        crossings = sorted(crossings, key=lambda c: (-c[0], c[1]))[:CREW_MAX_CROSSINGS]
+        crossings.sort(key=lambda c: c[1])  # in the collection's order
+    return dict(geojson, features=[c[2] for c in crossings] + routes)
 
 
 class IncidentStore:

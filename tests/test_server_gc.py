@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import gc
 
-from serving.metrics import Metrics, freeze_startup_heap
+from serving.metrics import GC_THRESHOLDS, Metrics, freeze_startup_heap
 
 
 def _count(metrics: Metrics, generation: str) -> float:
@@ -32,11 +32,36 @@ def test_collections_are_timed_until_watching_stops() -> None:
 
 def test_the_startup_heap_is_frozen_and_a_full_collection_then_scans_little() -> None:
     kept = [[i] for i in range(200_000)]  # long-lived, GC-tracked objects (a stand-in for the city)
+    before = gc.get_threshold()
     try:
-        freeze_startup_heap()
+        assert freeze_startup_heap() == before
         assert gc.get_freeze_count() >= len(kept)
         # the frozen objects are out of the generations a collection scans
         assert len(gc.get_objects()) < len(kept) // 10
     finally:
         gc.unfreeze()
+        gc.set_threshold(*before)
     del kept
+
+
+def test_after_startup_the_collector_runs_less_often() -> None:
+    before = gc.get_threshold()
+    try:
+        freeze_startup_heap()
+        assert gc.get_threshold() == GC_THRESHOLDS
+        # young collections rarer than Python's default (700), middle ones still short (they
+        # scan at most about threshold0 * threshold1 objects), full ones at least 10 times rarer
+        assert GC_THRESHOLDS[0] > 700 and GC_THRESHOLDS[0] * GC_THRESHOLDS[1] <= 50_000
+        assert GC_THRESHOLDS[0] * GC_THRESHOLDS[1] * GC_THRESHOLDS[2] >= 10 * 700 * 10 * 10
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
+
+
+async def test_a_stopped_app_restores_the_collectors_thresholds() -> None:
+    from test_server_support import running_server
+
+    before = gc.get_threshold()
+    async with running_server():
+        assert gc.get_threshold() == GC_THRESHOLDS
+    assert gc.get_threshold() == before

@@ -5,6 +5,7 @@ speed factor, ``--demo-crews``, and the client's ``get_incident`` / ``crews``.""
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -154,6 +155,45 @@ async def test_wall_clock_replans_only_when_crews_move() -> None:
         service._planned_at.clear()
         await service.tick()
         assert service.periodic_replans == 2
+        await close_all(*tablets)
+        await op.aclose()
+
+
+async def test_a_tick_that_skipped_one_incident_replans_only_that_one_next() -> None:
+    # one incident planned within the interval is skipped by a tick; the next tick (no crew
+    # moved since) re-plans that incident alone, not every incident again
+    async with running_server(config(replan_s=3600.0)) as srv:
+        service = srv.app.state.service
+        op = CordonClient(srv.base, await token(srv.base))
+        tablets = await crews_online(srv.base, 4)
+        await wait_for(lambda: len(service.state._crews) == 4)
+        lon, lat = origin()
+        for incident_id in ("inc-a", "inc-b", "inc-c"):
+            await op.open_incident(incident_id, commune=COMMUNE, lon=lon, lat=lat)
+        replanned: list[str] = []
+        real_replan = service.replan
+
+        async def counting_replan(incident_id: str, **kw: Any) -> bool:
+            if kw.get("skip_unchanged"):
+                replanned.append(incident_id)
+            return bool(await real_replan(incident_id, **kw))
+
+        service.replan = counting_replan
+        service._planned_at.clear()
+        service._planned_at["inc-a"] = time.monotonic()  # just planned: skipped
+        service._ticked_at = None
+        await service.tick()  # the crews are new to the ticks: every incident but inc-a
+        assert sorted(replanned) == ["inc-b", "inc-c"]
+        replanned.clear()
+        service._planned_at.clear()
+        service._ticked_at = None
+        await service.tick()  # nothing moved since: inc-a alone has not seen the crews
+        assert replanned == ["inc-a"]
+        replanned.clear()
+        service._planned_at.clear()
+        service._ticked_at = None
+        await service.tick()  # nothing moved, nothing skipped: no re-plan
+        assert replanned == []
         await close_all(*tablets)
         await op.aclose()
 

@@ -10,7 +10,7 @@ from typing import Any
 from serving import messages as m
 from serving.asyncapi import asyncapi_document
 from serving.hub import BATCH_ITEM_MAX_CHARS, CLOSE_TOO_SLOW, Hub
-from serving.service import crew_prediction_geojson
+from serving.service import CREW_MAX_CROSSINGS, CREW_MIN_CROSSING_PROBABILITY, crew_prediction_geojson
 
 
 async def _frames(
@@ -92,6 +92,46 @@ def test_crews_prediction_leaves_out_positions_only() -> None:
     crew = crew_prediction_geojson(geojson)
     assert [f["properties"]["kind"] for f in crew["features"]] == ["crossing", "route"]
     assert crew["at"] == geojson["at"] and len(geojson["features"]) == 4  # the original is kept
+
+
+def test_crews_prediction_keeps_the_routes_and_the_likely_crossings_only() -> None:
+    def crossing(node: int, p: float) -> dict[str, Any]:
+        props = {
+            "kind": "crossing",
+            "node": node,
+            "probability": p,
+            "earliest_eta_s": 1.0,
+            "likely_eta_s": 2.0,
+        }
+        return {
+            "type": "Feature",
+            "geometry": {"type": "Point", "coordinates": [6.1, 49.1]},
+            "properties": props,
+        }
+
+    route = {
+        "type": "Feature",
+        "geometry": None,
+        "properties": {"kind": "route", "rank": 1, "probability": 0.3},
+    }
+    probabilities = [0.05, 0.5, 0.09, 0.1, 0.99] + [0.2] * (CREW_MAX_CROSSINGS + 10)
+    geojson = {
+        "type": "FeatureCollection",
+        "features": [crossing(i, p) for i, p in enumerate(probabilities)] + [route],
+    }
+    crew = crew_prediction_geojson(geojson)
+    kept = [f for f in crew["features"] if f["properties"]["kind"] == "crossing"]
+    assert len(kept) == CREW_MAX_CROSSINGS
+    ps = [f["properties"]["probability"] for f in kept]
+    # the most likely (over the cap, 0.1 is left out), in the collection's order; none below
+    # the threshold
+    assert ps[:3] == [0.5, 0.99, 0.2] and min(ps) == 0.2
+    assert set(kept[0]["properties"]) == {"kind", "probability", "likely_eta_s"}
+    assert crew["features"][-1] == route
+    few = crew_prediction_geojson(dict(geojson, features=geojson["features"][:5]))
+    assert [f["properties"]["probability"] for f in few["features"]] == [0.5, 0.1, 0.99]
+    assert CREW_MIN_CROSSING_PROBABILITY == 0.1
+    assert len(geojson["features"]) == len(probabilities) + 1  # the original is kept
 
 
 async def test_predictions_go_only_to_the_consoles_watching_their_incident() -> None:
