@@ -78,6 +78,8 @@ CoordinatorFactory = Callable[[City], CoordinatorLike]
 
 def _default_coordinator(city: City) -> CoordinatorLike:
     coordinator: CoordinatorLike = importlib.import_module("guidance.coordinator").Coordinator(city)
+    # the compiled kernels loaded now, not by the first sighting (~0.3 s from the disk cache)
+    importlib.import_module("guidance.warmup").warm_up_kernels()
     return coordinator
 
 
