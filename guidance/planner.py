@@ -498,7 +498,11 @@ def arrival_quantiles(
     nodes: IntArray, times: FloatArray, weights: FloatArray, n_nodes: int, levels: Sequence[float]
 ) -> list[FloatArray]:
     """Per node, the ``levels`` quantiles (weighted) of the routes' first-arrival ``times``
-    there (inf where no route passes): the time by which a share ``q`` of them has passed."""
+    there (inf where no route passes): the time by which a share ``q`` of them has passed.
+    A node outside ``[0, n_nodes)`` raises :class:`IndexError` (the compiled kernel does not
+    check its indices)."""
+    if nodes.size and not (int(nodes.min()) >= 0 and int(nodes.max()) < n_nodes):
+        raise IndexError(f"arrival_quantiles: node index out of [0, {n_nodes})")
     if nodes.size == 0 or not levels or not _kernel_quantiles_apply(times, weights):
         return _arrival_quantiles_sorted(nodes, times, weights, n_nodes, levels)
     out = np.full((len(levels), n_nodes), np.inf)

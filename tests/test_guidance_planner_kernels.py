@@ -283,3 +283,11 @@ def test_tree_edges_are_path_edges() -> None:
         for target in [source, *rng.choice(g.n_nodes, size=20).tolist()]:
             want = planner._path_edges(path_from_predecessors(pred, source, target))
             assert planner._tree_edges(pred, source, target) == want
+
+
+@pytest.mark.parametrize("bad", [-1, 5])
+def test_arrival_quantiles_rejects_a_node_out_of_range(bad: int) -> None:
+    # the compiled kernel would read and write out of bounds: the wrapper checks first
+    nodes = np.array([0, bad], dtype=np.int64)
+    with pytest.raises(IndexError):
+        arrival_quantiles(nodes, np.array([1.0, 2.0]), np.array([0.5, 0.5]), 5, [0.5])
