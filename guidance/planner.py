@@ -533,7 +533,7 @@ def _incidence_kernel(
     weights: FloatArray,
     n_points: int,
 ) -> tuple[IntArray, IntArray, FloatArray]:
-    """The CSR ``indptr`` and ``indices`` of :func:`_incidence` (each point's routes in
+    """The CSR ``indptr`` and ``indices`` of :func:`_incidence_covered` (each point's routes in
     increasing order), and each point's covered weight (its routes' ``weights`` summed in that
     order from 0.0, as scipy's product by the matrix of ones does)."""
     indptr = np.zeros(n_points + 1, dtype=np.int64)
@@ -608,21 +608,6 @@ def _incidence_covered(
         indptr, indices = indptr.astype(np.int32), indices.astype(np.int32)
     inc = sp.csr_matrix((np.ones(indices.size), indices, indptr), shape=(P, K))
     return inc, covered
-
-
-def _incidence(
-    rows: IntArray,
-    nodes: IntArray,
-    times: FloatArray,
-    shift: float,
-    tau: FloatArray,
-    order_pt: IntArray,
-    first_of: IntArray,
-    count_of: IntArray,
-    shape: tuple[int, int],
-) -> sp.csr_matrix:
-    """The incidence of :func:`_incidence_covered` alone."""
-    return _incidence_covered(rows, nodes, times, shift, tau, order_pt, first_of, count_of, shape)[0]
 
 
 def _align_with_previous(

@@ -17,7 +17,7 @@ import scipy.sparse as sp
 from guidance.coverage import CoverageProblem, coverage_value, lazy_greedy
 from guidance.planner import (
     InterceptionPlanner,
-    _incidence,
+    _incidence_covered,
     _node_time_order,
     _polyline,
     arrival_quantiles,
@@ -152,7 +152,7 @@ def test_incidence_is_the_coo_one(seed: int, shuffle: bool) -> None:
     starts = np.flatnonzero(np.r_[True, sn[1:] != sn[:-1]])
     first_of[sn[starts]] = starts
     count_of[sn[starts]] = np.diff(np.r_[starts, sn.size])
-    got = _incidence(rows, nodes, times, shift, tau, order_pt, first_of, count_of, (P, K))
+    got = _incidence_covered(rows, nodes, times, shift, tau, order_pt, first_of, count_of, (P, K))[0]
     want = _plain_incidence(rows, nodes, times - shift, tau, order_pt, first_of, count_of, (P, K))
     assert got.shape == want.shape
     assert np.array_equal(got.indptr, want.indptr)

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 import numpy as np
 import pytest
 import scipy.sparse as sp
+from test_guidance_planner_exact import _arrivals
 
 from guidance.coverage import CoverageProblem, CoverageSolution, coverage_value, lazy_greedy
 from guidance.planner import (
@@ -185,22 +186,6 @@ def test_lazy_greedy_is_the_plain_greedy(seed: int) -> None:
 
 
 # ---------------------------------------------------------------- arrival quantiles
-
-
-def _arrivals(
-    rng: np.random.Generator, n_nodes: int, n_routes: int, per_route: int, *, tie_gap: float
-) -> tuple[IntArray, IntArray, FloatArray]:
-    rows, nodes, times = [], [], []
-    base = rng.uniform(0.0, 600.0, size=n_nodes)
-    for r in range(n_routes):
-        vs = np.sort(rng.choice(n_nodes, size=min(per_route, n_nodes), replace=False))
-        kind = rng.integers(3, size=vs.size)
-        t = np.where(kind == 0, base[vs], base[vs] + rng.uniform(0.0, 60.0, size=vs.size))
-        t = np.where(kind == 1, base[vs] + tie_gap * rng.integers(0, 3, size=vs.size), t)
-        rows.append(np.full(vs.size, r))
-        nodes.append(vs)
-        times.append(t)
-    return np.concatenate(rows), np.concatenate(nodes).astype(np.int64), np.concatenate(times)
 
 
 @pytest.mark.parametrize("tie_gap", [0.0, 1e-13, 1e-9, 0.5])
