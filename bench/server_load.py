@@ -340,7 +340,7 @@ def _suggestion_frame(raw: str) -> bool:
     ``{"seq": N, "type": ...``): the load generator emulates 300 tablets in one process, so it
     decodes only what it measures; the others (tracks, the incident's prediction) are counted."""
     head = raw[:64]
-    return '"type": "suggestion' in head or '"type": "snapshot"' in head
+    return re.search(r'"type": ?"(suggestion|snapshot)', head) is not None
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -551,6 +551,19 @@ async def main_async(args: argparse.Namespace, *, stub: bool) -> dict[str, Any]:
                 )
                 for call in ("ingest_batch", "replan", "prediction_message", "set_crews")
             },
+            # the core process's CPU per kind of call, per sighting processed (calls and ms)
+            "core_cpu_ms_per_sighting_by_call": {
+                call: round(
+                    1000 * _histogram_sum(text, "cordon_core_cpu_seconds", f'call="{call}"') / processed, 2
+                )
+                for call in ("ingest_batch", "replan", "prediction_message", "set_crews")
+            },
+            "core_calls_per_sighting": {
+                call: round(
+                    _histogram_count(text, "cordon_core_cpu_seconds", f'call="{call}"') / processed, 3
+                )
+                for call in ("ingest_batch", "replan", "prediction_message", "set_crews")
+            },
             # the server process's garbage-collector pauses (the event loop stands still)
             "gc_pauses_over_50ms": _count_over(text, "cordon_gc_pause_seconds", 0.05),
             "rss_mb": round(hwm, 1),
@@ -677,6 +690,13 @@ def _histogram_sum(text: str, name: str, label: str) -> float:
     return 0.0
 
 
+def _histogram_count(text: str, name: str, label: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(name + "_count") and label in line:
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
 def _histogram_mean(text: str, name: str, label: str) -> float:
     s = c = 0.0
     for line in text.splitlines():
@@ -742,6 +762,8 @@ def main() -> None:
         "ws_kb_per_sighting",
         "stage_ms_mean",
         "core_wait_ms_mean",
+        "core_cpu_ms_per_sighting_by_call",
+        "core_calls_per_sighting",
         "gc_pauses_over_50ms",
         "rss_mb",
     )
@@ -770,6 +792,10 @@ def main() -> None:
             print(f"{name} core: thread CPU ms per sighting {res['thread_cpu_ms_per_sighting']}")
             print(
                 f"{name} core: stage ms (mean) {res['stage_ms_mean']}; core wait {res['core_wait_ms_mean']}"
+            )
+            print(
+                f"{name} core: core CPU ms per sighting by call {res['core_cpu_ms_per_sighting_by_call']}; "
+                f"calls per sighting {res['core_calls_per_sighting']}"
             )
     for name, res in (("stub", serving), ("real", real)):
         if res and res["baseline_latency_ms_p50"]:

@@ -511,8 +511,7 @@ class _SqlAuditLog:
         with self._write() as cur:
             if return_records:
                 return [self._append_in(cur, *record) for record in checked]
-            for record in checked:
-                self._insert(cur, *record)
+            self._insert_many(cur, checked)
         return []
 
     def _checked(
@@ -567,6 +566,52 @@ class _SqlAuditLog:
             prev_hash=prev_hash,
             hash=digest,
         )
+
+    def _insert_many(
+        self, cur: Any, records: Sequence[tuple[str, str, str, datetime, str | None, str | None, str, str]]
+    ) -> None:
+        """Write checked records at the head, in order, in the caller's transaction: the head
+        read once (locked where the database locks rows), then each record inserted and the
+        head moved past it (the database's guard checks every insert against the head). The
+        same rows and hashes as :meth:`_insert` one by one, a third fewer statements."""
+        cur.execute(f"SELECT seq, hash FROM audit_head WHERE id = 1{self._for_update}")
+        last_seq, prev_hash = cur.fetchone()
+        seq, prev = int(last_seq), str(prev_hash)
+        insert = self._q(
+            f"INSERT INTO audit_records ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0)"
+        )
+        move = self._q("UPDATE audit_head SET seq = ?, hash = ? WHERE id = 1")
+        for actor, role, action, at, incident_id, commune, payload_json, reason in records:
+            seq += 1
+            digest = record_hash(
+                seq=seq,
+                at=at,
+                actor=actor,
+                role=role,
+                action=action,
+                incident_id=incident_id,
+                commune=commune,
+                payload_json=payload_json,
+                reason=reason,
+                prev_hash=prev,
+                key=self._key,
+            )
+            row = (
+                seq,
+                _at_text(at),
+                actor,
+                role,
+                action,
+                incident_id,
+                commune,
+                payload_json,
+                reason,
+                prev,
+                digest,
+            )
+            cur.execute(insert, row)
+            cur.execute(move, (seq, digest))
+            prev = digest
 
     def _insert(
         self,

@@ -16,6 +16,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from serving.jsontext import dumps
+
 Json = dict[str, Any]
 Sender = Callable[[str], Awaitable[None]]
 Closer = Callable[[int, str], Awaitable[None]]
@@ -39,13 +41,14 @@ class Encoded(str):
 
 
 def encode(message: Json) -> str:
-    """``json.dumps(message)``, with :class:`Encoded` values spliced in unchanged."""
+    """``message`` as JSON text (:func:`serving.jsontext.dumps`), with :class:`Encoded` values
+    spliced in unchanged."""
     raw = {k: v for k, v in message.items() if isinstance(v, Encoded)}
     if not raw:
-        return json.dumps(message)
-    head = json.dumps({k: v for k, v in message.items() if not isinstance(v, Encoded)})
-    tail = ", ".join(f"{json.dumps(k)}: {v}" for k, v in raw.items())
-    return head[:-1] + (", " if len(head) > 2 else "") + tail + "}"
+        return dumps(message)
+    head = dumps({k: v for k, v in message.items() if not isinstance(v, Encoded)})
+    tail = ",".join(f"{dumps(k)}:{v}" for k, v in raw.items())
+    return head[:-1] + ("," if len(head) > 2 else "") + tail + "}"
 
 
 def _decoded(message: Json) -> Json:
@@ -250,7 +253,7 @@ class Hub:
                 self.sent_log.append(dict(_decoded(body), seq=conn.seq, _role=conn.role))
             try:
                 conn.queue.put_nowait(
-                    f'{{"seq": {conn.seq}, {text[1:]}' if len(text) > 2 else f'{{"seq": {conn.seq}}}'
+                    f'{{"seq":{conn.seq},{text[1:]}' if len(text) > 2 else f'{{"seq":{conn.seq}}}'
                 )
             except asyncio.QueueFull:
                 self._cut(conn)

@@ -40,6 +40,7 @@ from serving.bus import Bus, InProcessBus
 from serving.clock import Clock
 from serving.core_process import PredictionRef
 from serving.hub import Encoded, Hub
+from serving.jsontext import dumps
 from serving.metrics import Metrics
 from serving.state import Json, StateStore
 from tracking.errors import NoBeliefError
@@ -284,7 +285,7 @@ def suggestion_body(s: SuggestionLike, state: m.SuggestionState) -> Json:
         "street_names": [str(n) for n in s.street_names],
         # 6 decimals (about 0.1 m, as the prediction's GeoJSON): the route is most of the
         # suggestion's size, sent to the crew and in every plan to the consoles
-        "route_lonlat": [[round(float(a), 6), round(float(b), 6)] for a, b in s.route_lonlat],
+        "route_lonlat": np.round(np.asarray(s.route_lonlat, dtype=np.float64).reshape(-1, 2), 6).tolist(),
         "turns": list(s.turns),
         "crew_eta_s": float(s.crew_eta_s),
         "suspect_earliest_eta_s": finite(s.suspect_earliest_eta_s),
@@ -1046,7 +1047,7 @@ class DispatchService:
 
         def encoded() -> tuple[Encoded, Encoded]:
             geojson = convert(prediction)
-            return Encoded(json.dumps(geojson)), Encoded(json.dumps(crew_prediction_geojson(geojson)))
+            return Encoded(dumps(geojson)), Encoded(dumps(crew_prediction_geojson(geojson)))
 
         full, crew = await self._core(encoded, priority=DEFERRED)
         return {
@@ -1103,7 +1104,7 @@ class DispatchService:
         if isinstance(self.bus, InProcessBus):
             if isinstance(geojson, Encoded):
                 return message
-            return dict(message, geojson=Encoded(json.dumps(geojson)))
+            return dict(message, geojson=Encoded(dumps(geojson)))
         return dict(message, geojson=json.loads(geojson)) if isinstance(geojson, str) else message
 
     def _forget_prediction(self, incident_id: str) -> None:
@@ -1861,8 +1862,8 @@ def prediction_message(coordinator: Any, city: City, incident_id: str, at: datet
             geojson = _default_prediction_geojson(city)(prediction)
             return {
                 "at": prediction.at.isoformat(),
-                "geojson": Encoded(json.dumps(geojson)),
-                "crew_geojson": Encoded(json.dumps(crew_prediction_geojson(geojson))),
+                "geojson": Encoded(dumps(geojson)),
+                "crew_geojson": Encoded(dumps(crew_prediction_geojson(geojson))),
             }
     return None
 

@@ -561,4 +561,23 @@ def test_pre_encoded_values_are_spliced_into_messages_unchanged() -> None:
     message = {"type": "prediction", "incident_id": "I", "geojson": Encoded(json.dumps(geojson))}
     assert json.loads(encode(message)) == {"type": "prediction", "incident_id": "I", "geojson": geojson}
     assert json.loads(encode({"geojson": Encoded("[1, 2]")})) == {"geojson": [1, 2]}
-    assert encode({"a": 1}) == json.dumps({"a": 1})
+    assert json.loads(encode({"a": 1, "b": [1.5, "x"]})) == {"a": 1, "b": [1.5, "x"]}
+    assert json.loads(encode({"seq": 3, "g": Encoded("{}")})) == {"seq": 3, "g": {}}
+
+
+def test_outgoing_json_is_strict_and_takes_numpy_values() -> None:
+    """Frames are JSON a browser parses: NaN and infinities become null (the standard
+    library would write ``NaN``); numpy scalars and arrays serialize as numbers; a value the
+    fast path does not take falls back to the standard library."""
+    import numpy as np
+
+    from serving.jsontext import dumps
+
+    text = dumps({"t": float("nan"), "u": float("inf"), "v": np.float64(2.5), "w": np.arange(3), 4: "k"})
+    assert json.loads(text) == {"t": None, "u": None, "v": 2.5, "w": [0, 1, 2], "4": "k"}
+    assert "NaN" not in text and "Infinity" not in text
+
+    class Odd(dict):  # type: ignore[type-arg]
+        pass
+
+    assert json.loads(dumps({"o": Odd(a=1)})) == {"o": {"a": 1}}
