@@ -395,6 +395,11 @@ class Coordinator:
             plan=inc.plan,
         )
 
+    def prediction(self, incident_id: str) -> EscapePrediction | None:
+        """The incident's last prediction (``None`` before the first): :meth:`state` without
+        the belief, which the server's prediction messages do not need."""
+        return self._incident(incident_id).prediction
+
     def crews(self) -> tuple[Crew, ...]:
         return tuple(self._crews[k] for k in sorted(self._crews))
 

@@ -1857,7 +1857,10 @@ def prediction_message(coordinator: Any, city: City, incident_id: str, at: datet
     far cheaper than the nested lists) of the incident's latest prediction (the core process
     builds a ``prediction`` message's body with it); ``None`` when there is none."""
     with contextlib.suppress(Exception):
-        prediction = coordinator.state(incident_id, at).prediction
+        latest = getattr(coordinator, "prediction", None)  # a stand-in core may lack it
+        prediction = (
+            latest(incident_id) if callable(latest) else coordinator.state(incident_id, at).prediction
+        )
         if prediction is not None:
             geojson = _default_prediction_geojson(city)(prediction)
             return {

@@ -56,7 +56,7 @@ def test_open_plan_sight_replan(city: City) -> None:
     p2 = co.replan("inc-1", T0 + timedelta(seconds=5))
     assert p2.version == 2
     pred = co.state("inc-1", T0 + timedelta(seconds=5)).prediction
-    assert pred is not None
+    assert pred is not None and co.prediction("inc-1") is pred
     cam, eta = camera_on_route(city, pred)
     seen_at = T0 + timedelta(seconds=5 + eta)
     sighting = Sighting(incident_id="inc-1", camera_id=cam, observed_at=seen_at, source_event_id="ev-1")
