@@ -152,6 +152,89 @@ def _add_row(
 
 
 @jit
+def _columns(indptr: IntArray, indices: IntArray, n_routes: int) -> tuple[IntArray, IntArray]:
+    """The points through each route (``col_ptr``, ``col_points``: the CSC pattern of the CSR
+    ``indptr``/``indices``, points increasing): whose gains change with the route's residual."""
+    n_points = indptr.size - 1
+    col_ptr = np.zeros(n_routes + 1, dtype=np.int64)
+    for jj in range(indptr[n_points]):
+        col_ptr[indices[jj] + 1] += 1
+    for r in range(n_routes):
+        col_ptr[r + 1] += col_ptr[r]
+    fill = col_ptr[:n_routes].copy()
+    col_points = np.empty(indptr[n_points], dtype=np.int64)
+    for p in range(n_points):
+        for jj in range(indptr[p], indptr[p + 1]):
+            r = indices[jj]
+            col_points[fill[r]] = p
+            fill[r] += 1
+    return col_ptr, col_points
+
+
+@jit
+def _move_row(
+    count: IntArray,
+    stamp: IntArray,
+    tick: int,
+    indices: IntArray,
+    lo: int,
+    hi: int,
+    step: int,
+    residual: FloatArray,
+    w: FloatArray,
+    rho: float,
+    rho_pow: FloatArray,
+    pending: IntArray,
+    n_pending: int,
+    is_pending: BoolArray,
+) -> int:
+    """:func:`_add_row`, then the residuals of its routes (:func:`_residual_into`); a route whose
+    residual changed is appended to ``pending[:n_pending]`` unless there already
+    (``is_pending``): the gains through it are out of date. Returns the new ``n_pending``."""
+    _add_row(count, stamp, tick, indices, lo, hi, step)
+    for jj in range(lo, hi):
+        r = indices[jj]
+        old = residual[r]
+        _residual_into(residual, w, count, rho, rho_pow, indices[jj : jj + 1])
+        if residual[r] != old and not is_pending[r]:
+            is_pending[r] = True
+            pending[n_pending] = r
+            n_pending += 1
+    return n_pending
+
+
+@jit
+def _refresh_gains(
+    gains: FloatArray,
+    indptr: IntArray,
+    indices: IntArray,
+    residual: FloatArray,
+    col_ptr: IntArray,
+    col_points: IntArray,
+    pending: IntArray,
+    n_pending: int,
+    is_pending: BoolArray,
+    point_stamp: IntArray,
+    tick: int,
+) -> None:
+    """``gains = inc @ residual`` when only the residuals of ``pending[:n_pending]`` changed
+    since ``gains`` was: the points through those routes are recomputed whole (each row's sum
+    in stored order from 0.0, as :func:`_gains_into`), the others' routes did not change.
+    ``point_stamp`` marks the points done at ``tick`` (a value never used before)."""
+    for i in range(n_pending):
+        r = pending[i]
+        is_pending[r] = False
+        for kk in range(col_ptr[r], col_ptr[r + 1]):
+            p = col_points[kk]
+            if point_stamp[p] != tick:
+                point_stamp[p] = tick
+                s = 0.0
+                for jj in range(indptr[p], indptr[p + 1]):
+                    s += residual[indices[jj]]
+                gains[p] = s
+
+
+@jit
 def _greedy_kernel(
     indptr: IntArray,
     indices: IntArray,
@@ -167,15 +250,19 @@ def _greedy_kernel(
     min_gain: float,
     rho: float,
     rho_pow: FloatArray,
+    col_ptr: IntArray,
+    col_points: IntArray,
+    point_stamp: IntArray,
 ) -> int:
     """The greedy picks of :func:`lazy_greedy` (``assign``, ``used``, ``count`` updated in
-    place); returns the next unused ``stamp`` tick.
+    place); returns the next unused tick of ``stamp`` and ``point_stamp``.
 
     Each pick takes the point of largest ``gains + tie`` (the first of equal ones) among the
     points some free crew can take, whose gain is above ``min_gain``; the crew is the one with
     the smallest best alternative (the largest gain of another free point it can take, 0 when
-    none), then the largest bonus, then the first. The gains of every point are recomputed
-    after each pick, as one sparse product would."""
+    none), then the largest bonus, then the first. After each pick the gains are those of one
+    sparse product (:func:`_refresh_gains`: the points through the routes whose residual
+    changed)."""
     A, P = feas_a.shape
     K = w.size
     tick = 1
@@ -184,6 +271,8 @@ def _greedy_kernel(
     _residual_into(uncovered, w, count, rho, rho_pow, all_routes)
     gains = np.empty(P)
     _gains_into(gains, indptr, indices, uncovered)
+    pending = np.empty(K, dtype=np.int64)  # routes whose residual changed since ``gains``
+    is_pending = np.zeros(K, dtype=np.bool_)
     n_free = np.zeros(P, dtype=np.int64)
     tie = np.full(P, -np.inf)
     for k in range(A):
@@ -232,10 +321,24 @@ def _greedy_kernel(
         n_free_crews -= 1
         budget -= 1
         lo, hi = indptr[p], indptr[p + 1]
-        _add_row(count, stamp, tick, indices, lo, hi, 1)
+        n_pending = _move_row(
+            count, stamp, tick, indices, lo, hi, 1, uncovered, w, rho, rho_pow, pending, 0, is_pending
+        )
         tick += 1
-        _residual_into(uncovered, w, count, rho, rho_pow, indices[lo:hi])
-        _gains_into(gains, indptr, indices, uncovered)
+        _refresh_gains(
+            gains,
+            indptr,
+            indices,
+            uncovered,
+            col_ptr,
+            col_points,
+            pending,
+            n_pending,
+            is_pending,
+            point_stamp,
+            tick,
+        )
+        tick += 1
         # Crew ``pick`` is no longer free: the counts, and the best bonus where it was the best.
         for j in range(P):
             if feas_a[pick, j]:
@@ -267,6 +370,9 @@ def _improve_kernel(
     rounds: int,
     rho: float,
     rho_pow: FloatArray,
+    col_ptr: IntArray,
+    col_points: IntArray,
+    point_stamp: IntArray,
 ) -> None:
     """Move one crew at a time to its best point given the others (in place), for at most
     ``rounds`` rounds, until no crew moves.
@@ -275,15 +381,18 @@ def _improve_kernel(
     that order); ``count`` (manned points per route) and ``used`` are those of ``assign``. A
     crew that holds takes its best free point (gain + bonus) when the gain is above
     ``min_gain``, while fewer than ``max_assignments`` crews are placed; a placed crew moves to
-    the best point given the others when it beats its own by more than 1e-9. The gains given
-    every placed crew are computed once for a run of crews that hold."""
+    the best point given the others when it beats its own by more than 1e-9. ``gains`` are
+    those of one sparse product given ``count``, brought up to date before they are read
+    (:func:`_refresh_gains`, on the routes whose residual changed since)."""
     P = feasible.shape[1]
     K = w.size
-    all_routes = np.arange(K)
     residual = np.empty(K)
-    full_gains = np.empty(P)  # gains given every placed crew (valid while ``full_ok``)
-    full_ok = False
+    _residual_into(residual, w, count, rho, rho_pow, np.arange(K))
     gains = np.empty(P)
+    _gains_into(gains, indptr, indices, residual)
+    pending = np.empty(K, dtype=np.int64)  # routes whose residual changed since ``gains``
+    n_pending = 0
+    is_pending = np.zeros(K, dtype=np.bool_)
     n_assigned = 0
     for j in range(P):
         if used[j]:
@@ -304,10 +413,22 @@ def _improve_kernel(
                 j_end = k
                 while j_end < M and assign[movable[j_end]] < 0:
                     j_end += 1
-                if not full_ok:
-                    _residual_into(residual, w, count, rho, rho_pow, all_routes)
-                    _gains_into(full_gains, indptr, indices, residual)
-                    full_ok = True
+                _refresh_gains(
+                    gains,
+                    indptr,
+                    indices,
+                    residual,
+                    col_ptr,
+                    col_points,
+                    pending,
+                    n_pending,
+                    is_pending,
+                    point_stamp,
+                    tick,
+                )
+                tick += 1
+                n_pending = 0
+                full_gains = gains  # given every placed crew
                 mover = -1
                 p = -1
                 for i in range(k, j_end):
@@ -329,16 +450,58 @@ def _improve_kernel(
                 assign[movable[k]] = p
                 used[p] = True
                 n_assigned += 1
-                _add_row(count, stamp, tick, indices, indptr[p], indptr[p + 1], 1)
+                n_pending = _move_row(
+                    count,
+                    stamp,
+                    tick,
+                    indices,
+                    indptr[p],
+                    indptr[p + 1],
+                    1,
+                    residual,
+                    w,
+                    rho,
+                    rho_pow,
+                    pending,
+                    n_pending,
+                    is_pending,
+                )
                 tick += 1
                 changed = True
-                full_ok = False
                 k += 1
                 continue
-            _add_row(count, stamp, tick, indices, indptr[a], indptr[a + 1], -1)
+            n_pending = _move_row(
+                count,
+                stamp,
+                tick,
+                indices,
+                indptr[a],
+                indptr[a + 1],
+                -1,
+                residual,
+                w,
+                rho,
+                rho_pow,
+                pending,
+                n_pending,
+                is_pending,
+            )
             tick += 1
-            _residual_into(residual, w, count, rho, rho_pow, all_routes)
-            _gains_into(gains, indptr, indices, residual)
+            _refresh_gains(
+                gains,
+                indptr,
+                indices,
+                residual,
+                col_ptr,
+                col_points,
+                pending,
+                n_pending,
+                is_pending,
+                point_stamp,
+                tick,
+            )
+            tick += 1
+            n_pending = 0
             b = 0
             best_score = -np.inf
             for q in range(P):
@@ -352,9 +515,23 @@ def _improve_kernel(
                 assign[c] = b
                 used[b] = True
                 changed = True
-                full_ok = False
             b = assign[c]
-            _add_row(count, stamp, tick, indices, indptr[b], indptr[b + 1], 1)
+            n_pending = _move_row(
+                count,
+                stamp,
+                tick,
+                indices,
+                indptr[b],
+                indptr[b + 1],
+                1,
+                residual,
+                w,
+                rho,
+                rho_pow,
+                pending,
+                n_pending,
+                is_pending,
+            )
             tick += 1
             k += 1
         if not changed:
@@ -412,9 +589,13 @@ def lazy_greedy(
     # The crews that can take a point at all (free, with a feasible point); only they matter.
     active = np.flatnonzero(~fixed_mask & feasible.any(axis=1)) if P else np.zeros(0, dtype=np.int64)
     if active.size:
-        feas_a = np.ascontiguousarray(feasible[active], dtype=np.bool_)
+        # The kernels only read these rows: all of them are the problem's own arrays, unless
+        # some crew is out.
+        every = active.size == C
+        feas_a = np.ascontiguousarray(feasible if every else feasible[active], dtype=np.bool_)
         if problem.pair_bonus is not None:
-            bonus_a = np.ascontiguousarray(problem.pair_bonus[active], dtype=np.float64)
+            bonus = problem.pair_bonus
+            bonus_a = np.ascontiguousarray(bonus if every else bonus[active], dtype=np.float64)
         else:
             bonus_a = np.zeros((active.size, P))
         rho = float(problem.point_reliability)
@@ -423,8 +604,20 @@ def lazy_greedy(
         stamp = np.zeros(inc.shape[1], dtype=np.int64)
         indptr, indices = inc.indptr, inc.indices
         state = (assign_a, used, count, stamp)
+        columns = (*_columns(indptr, indices, inc.shape[1]), np.zeros(P, dtype=np.int64))
         tick = _greedy_kernel(
-            indptr, indices, w, feas_a, bonus_a, active, *state, budget, float(min_gain), rho, rho_pow
+            indptr,
+            indices,
+            w,
+            feas_a,
+            bonus_a,
+            active,
+            *state,
+            budget,
+            float(min_gain),
+            rho,
+            rho_pow,
+            *columns,
         )
         if improve:
             _improve_kernel(
@@ -441,6 +634,7 @@ def lazy_greedy(
                 2,
                 rho,
                 rho_pow,
+                *columns,
             )
         assign = assign_a.tolist()
     if inc is problem.incidence:

@@ -246,6 +246,23 @@ def _edge_bearings(graph: CompiledGraph, edge: int) -> tuple[float, float]:
     return _bearing_deg(graph.edge_xy(edge)[:2]), _bearing_deg(graph.edge_xy(edge)[-2:])
 
 
+def _turn_line(graph: CompiledGraph, a: int, b: int, arrive_deg: float, leave_deg: float) -> tuple[str, ...]:
+    """The line of :func:`turn_instructions` for going from edge ``a`` (last segment's bearing
+    ``arrive_deg``) onto edge ``b`` (first segment's ``leave_deg``), or none."""
+    delta = (leave_deg - arrive_deg + 180.0) % 360.0 - 180.0
+    name_a, name_b = graph.edge_name[a], graph.edge_name[b]
+    street = name_b or "la voie sans nom"
+    if abs(delta) > 150.0:
+        return (f"Faire demi-tour sur {street}",)
+    if delta > 30.0:
+        return (f"Tourner à gauche sur {street}",)
+    if delta < -30.0:
+        return (f"Tourner à droite sur {street}",)
+    if not (name_a == name_b and name_a != ""):
+        return (f"Continuer tout droit sur {street}",)
+    return ()
+
+
 def turn_instructions(
     graph: CompiledGraph,
     edges: Sequence[int],
@@ -277,16 +294,7 @@ def turn_instructions(
         leave = [_bearing_deg(graph.edge_xy(x)[:2]) for x in edges]
         arrive = [_bearing_deg(graph.edge_xy(x)[-2:]) for x in edges]
     for i, (a, b) in enumerate(itertools.pairwise(edges)):
-        delta = (leave[i + 1] - arrive[i] + 180.0) % 360.0 - 180.0
-        same = graph.edge_name[a] == graph.edge_name[b] and graph.edge_name[a] != ""
-        if abs(delta) > 150.0:
-            out.append(f"Faire demi-tour sur {street(b)}")
-        elif delta > 30.0:
-            out.append(f"Tourner à gauche sur {street(b)}")
-        elif delta < -30.0:
-            out.append(f"Tourner à droite sur {street(b)}")
-        elif not same:
-            out.append(f"Continuer tout droit sur {street(b)}")
+        out.extend(_turn_line(graph, a, b, arrive[i], leave[i + 1]))
     names = " / ".join(target_names) if target_names else "le carrefour"
     out.append(f"Arrivée : {names}, s'arrêter et attendre")
     return tuple(out)
@@ -310,9 +318,41 @@ def _clip_scalar(x: float, lo: float, hi: float) -> float:
 
 
 @jit
+def _etas_into(
+    eta: FloatArray,
+    idx: IntArray,
+    dist: FloatArray,
+    remaining: FloatArray,
+    factors: FloatArray,
+    limit_s: float,
+) -> None:
+    """``eta[idx] = (dist + remaining[idx, None]) / factors[idx, None]``, inf where that is
+    beyond ``limit_s``: crew ``idx[i]``'s ETAs from its free-flow times ``dist[i]``."""
+    for i in range(idx.size):
+        c = idx[i]
+        for j in range(dist.shape[1]):
+            t = (dist[i, j] + remaining[c]) / factors[c]
+            eta[c, j] = np.inf if t > limit_s else t
+
+
+@jit
+def _in_time(eta_nodes: FloatArray, col: IntArray, tau: FloatArray, margin_s: float) -> BoolArray:
+    """``eta_nodes[:, col] + margin_s <= tau[None, :]`` without the crews × points matrix of
+    times: whether each crew is at each point (its crossing's column ``col``) in time."""
+    C = eta_nodes.shape[0]
+    P = col.size
+    out = np.empty((C, P), dtype=np.bool_)
+    for i in range(C):
+        for j in range(P):
+            out[i, j] = eta_nodes[i, col[j]] + margin_s <= tau[j]
+    return out
+
+
+@jit
 def _pair_bonus(
     feasible: BoolArray,
-    eta: FloatArray,
+    eta_nodes: FloatArray,
+    col: IntArray,
     tau: FloatArray,
     likely: FloatArray,
     max_wait_s: float,
@@ -320,17 +360,36 @@ def _pair_bonus(
 ) -> FloatArray:
     """The tie-break bonus of each feasible pair (0 elsewhere): ``1e-6`` times the share of
     two minutes the crew is early, less ``1e-6`` times its waiting beyond ``max_wait_s`` (in
-    ``wait_scale_s``, up to 1); ``likely`` is the suspect's likely ETA at each point."""
+    ``wait_scale_s``, up to 1); ``likely`` is the suspect's likely ETA at each point. The
+    crew's ETA at point ``j`` is ``eta_nodes[i, col[j]]`` (its crossing's column: no crews ×
+    points matrix of times is made)."""
     C, P = feasible.shape
     out = np.zeros((C, P))
     for i in range(C):
         for j in range(P):
             if feasible[i, j]:
-                margin = _finite_or_zero_scalar(tau[j] - eta[i, j])
-                wait = _finite_or_zero_scalar(likely[j] - eta[i, j])
+                eta = eta_nodes[i, col[j]]
+                margin = _finite_or_zero_scalar(tau[j] - eta)
+                wait = _finite_or_zero_scalar(likely[j] - eta)
                 early = _clip_scalar(margin, 0.0, 120.0) / 120.0
                 idle = _clip_scalar((wait - max_wait_s) / wait_scale_s, 0.0, 1.0)
                 out[i, j] = 1e-6 * early - 1e-6 * idle
+    return out
+
+
+def _sorted_unique(a: IntArray) -> IntArray:
+    """``np.unique(a)`` of integers by one sort (numpy's ``unique`` hashes, several times
+    slower on the planner's few thousand nodes)."""
+    srt = np.sort(a)
+    out: IntArray = srt[_group_starts(srt)]
+    return out
+
+
+def _first_occurrences(a: IntArray) -> IntArray:
+    """``np.unique(a, return_index=True)[1]``: the index of each distinct value's first
+    occurrence, by value."""
+    order = np.argsort(a, kind="stable")
+    out: IntArray = order[_group_starts(a[order])]
     return out
 
 
@@ -775,10 +834,8 @@ class InterceptionPlanner:
             # Each crossing once (a crossing has a point per arrival level).
             dist = np.empty((idx.size, nodes.size))
             for i, r in enumerate(rows):
-                dist[i] = r[0][nodes]
-            sub = (dist + remaining[idx, None]) / factors[idx, None]
-            sub[sub > limit_s] = np.inf
-            eta[idx] = sub
+                np.take(r[0], nodes, out=dist[i])
+            _etas_into(eta, idx, dist, remaining, factors, limit_s)
         preds = {int(i): r[1] for i, r in zip(idx.tolist(), rows, strict=True)}
         return _PointTimes(eta, at_node, heads, preds, search, free_flow_limit, short)
 
@@ -819,7 +876,7 @@ class InterceptionPlanner:
         n_chosen = int(chosen.sum())
         latest_at = np.full(g.n_nodes, -np.inf)
         np.maximum.at(latest_at, pt_node, tau)
-        nodes = np.unique(pt_node)
+        nodes = _sorted_unique(pt_node)
         nodes = nodes[np.lexsort((nodes, -inputs.pass_probability[nodes]))]  # likeliest first
         latest = latest_at[nodes]
         declines_at: dict[int, int] = {}
@@ -862,7 +919,7 @@ class InterceptionPlanner:
             if not ok.any():
                 break
             ranked = best_crew[ok]
-            _, first = np.unique(ranked, return_index=True)
+            first = _first_occurrences(ranked)
             new = ranked[np.sort(first)][: size - n_chosen]
             chosen[new] = True
             n_chosen += int(new.size)
@@ -1102,7 +1159,10 @@ class InterceptionPlanner:
         if cand.size > cfg.max_candidates:
             order = np.lexsort((cand, -prediction.pass_probability[cand]))
             keep_nodes = np.array([v for _, v in previous_pairs], dtype=np.int64)
-            cand = np.union1d(cand[order[: cfg.max_candidates]], np.intersect1d(cand, keep_nodes))
+            is_kept = np.zeros(g.n_nodes, dtype=bool)
+            is_kept[keep_nodes] = True
+            # ``np.union1d(top, np.intersect1d(cand, keep_nodes))`` (``cand`` sorted, distinct).
+            cand = _sorted_unique(np.concatenate((cand[order[: cfg.max_candidates]], cand[is_kept[cand]])))
 
         # Points: each candidate crossing at each arrival level (its time threshold ``tau``).
         arrivals = prediction.first_arrivals or first_arrivals(prediction.samples, prediction.horizon_s)
@@ -1161,27 +1221,32 @@ class InterceptionPlanner:
         else:
             some = np.zeros(pt_node.size, dtype=bool)
         pt_node, pt_level, tau = pt_node[some], pt_level[some], tau[some]
-        eta = times.eta_nodes[:, times.at_node[some]]
-        feasible = eta + cfg.safety_margin_s <= tau[None, :]
+        col = times.at_node[some]  # each point's column in ``times.eta_nodes``
+        feasible = _in_time(times.eta_nodes, col, tau, cfg.safety_margin_s)
         for crew_id, v in sorted(declined):
             if crew_id in index:
                 feasible[index[crew_id], pt_node == v] = False
-        # A kept target takes the lowest level the crew still beats (by ``keep_margin_s``).
+        # A kept target takes the lowest level the crew still beats (by ``keep_margin_s``): the
+        # first point of the lowest level among those of its crossing.
         kept_pairs: dict[int, int] = {}
         if previous_pairs and pt_node.size:
-            pc_i = np.array([ci for ci, _ in previous_pairs], dtype=np.int64)
-            pc_v = np.array([v for _, v in previous_pairs], dtype=np.int64)
-            ok_pt = (pt_node[None, :] == pc_v[:, None]) & (eta[pc_i] + cfg.keep_margin_s <= tau[None, :])
-            # The first point of the lowest level (``argmin`` takes the first of equal ones).
-            lowest = np.argmin(np.where(ok_pt, pt_level[None, :], L), axis=1)
-            any_ok = ok_pt.any(axis=1).tolist()
-            for (ci, _), ok_i, j in zip(previous_pairs, any_ok, lowest.tolist(), strict=True):
-                if ok_i and j not in kept_pairs.values():
-                    feasible[ci, j] = True
-                    kept_pairs[ci] = j
+            at_prev = np.zeros(g.n_nodes, dtype=bool)
+            at_prev[[v for _, v in previous_pairs]] = True
+            js_prev = np.flatnonzero(at_prev[pt_node])  # the points of the previous targets
+            for ci, v in previous_pairs:
+                js = js_prev[pt_node[js_prev] == v]
+                ok_js = js[times.eta_nodes[ci, col[js]] + cfg.keep_margin_s <= tau[js]]
+                if ok_js.size:
+                    j = int(ok_js[np.argmin(pt_level[ok_js])])
+                    if j not in kept_pairs.values():
+                        feasible[ci, j] = True
+                        kept_pairs[ci] = j
         reach = feasible.any(axis=0)
         pt_node, pt_level, tau = pt_node[reach], pt_level[reach], tau[reach]
-        eta, feasible = eta[:, reach], feasible[:, reach]
+        col, feasible = (
+            col[reach],
+            feasible[:, reach],
+        )  # crew ``ci`` at point ``j``: ``eta_nodes[ci, col[j]]``
         new_col = np.cumsum(reach) - 1
         kept_pairs = {ci: int(new_col[j]) for ci, j in kept_pairs.items()}
 
@@ -1202,7 +1267,9 @@ class InterceptionPlanner:
         )
 
         # The tie-break bonus only matters on feasible pairs (the solver never looks elsewhere).
-        bonus = _pair_bonus(feasible, eta, tau, likely[pt_node], cfg.max_wait_s, max(cfg.max_wait_s, 1.0))
+        bonus = _pair_bonus(
+            feasible, times.eta_nodes, col, tau, likely[pt_node], cfg.max_wait_s, max(cfg.max_wait_s, 1.0)
+        )
         problem = CoverageProblem(
             incidence=incidence,
             route_weights=weights,
@@ -1263,7 +1330,7 @@ class InterceptionPlanner:
                     earliest_s=float(tau[pj]),
                     likely_s=float(max(likely[node], tau[pj])),
                     covered_p=float(covered_p[pj]),
-                    crew_eta_s=float(eta[ci, pj]),
+                    crew_eta_s=float(times.eta_nodes[ci, col[pj]]),
                     is_exit=node in exits,
                     kept=crew.crew_id in kept_ids,
                 )
@@ -1321,7 +1388,7 @@ class InterceptionPlanner:
         g = self.graph
         names, label = self._names_label(node, is_exit)
         route_lonlat, turns = self._route(crew.position.edge, int(times.heads[ci]), node, times, ci)
-        lon, lat = (float(x) for x in g.node_lonlat[node])
+        lon, lat = g.node_lonlat[node].tolist()
         p_cover = covered_p
         margin = earliest_s - crew_eta_s
         reason = (
@@ -1383,7 +1450,7 @@ class InterceptionPlanner:
             line = cache.get((a, b))
             if line is None:
                 # The one line of this turn in :func:`turn_instructions`.
-                line = turn_instructions(g, [a, b], (), bearings=[pieces[i][1], pieces[i + 1][1]])[1:-1]
+                line = _turn_line(g, a, b, pieces[i][1][1], pieces[i + 1][1][0])
                 cache[(a, b)] = line
             turns.extend(line)
         where = " / ".join(names) if names else "le carrefour"

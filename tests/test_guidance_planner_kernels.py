@@ -240,7 +240,7 @@ def test_pair_bonus_is_the_numpy_one() -> None:
     feasible = (eta + 20.0 <= tau[None, :]) | (rng.random((C, P)) < 0.1)
     feasible[0, :5] = True  # inf ETAs: NaN and -inf differences
     for max_wait_s in (240.0, 0.5):
-        got = _pair_bonus(feasible, eta, tau, likely, max_wait_s, max(max_wait_s, 1.0))
+        got = _pair_bonus(feasible, eta, np.arange(P), tau, likely, max_wait_s, max(max_wait_s, 1.0))
         want = np.zeros((C, P))
         fr, fc = np.nonzero(feasible)
         with np.errstate(invalid="ignore"):
