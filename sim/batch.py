@@ -127,6 +127,10 @@ def run_batch(
         else:
             methods = multiprocessing.get_all_start_methods()
             method = "fork" if "fork" in methods else "spawn"
+            if method == "fork" and "guidance" in policies:
+                from sim.policies import warm_up_core
+
+                warm_up_core()  # the core's kernels, loaded once here rather than in every worker
             if ctx is not None and method == "fork":
                 _WORKER.update(ctx=ctx, key=scenario.model_dump_json())
             # Interleave policies so the pool's load (guidance is slower) stays balanced.

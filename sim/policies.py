@@ -17,6 +17,7 @@ crew's own sight (``crew_model.sight_m``), not a camera.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -330,10 +331,43 @@ def sim_coordinator(city: Any, *, reuse_prediction_s: float = SIM_REUSE_PREDICTI
     return Coordinator(city, reuse_prediction_s=reuse_prediction_s)
 
 
+#: Whether this process has loaded the core's compiled kernels (:func:`warm_up_core`); forked
+#: workers inherit it with the kernels.
+_CORE_WARM = False
+
+
+def warm_up_core() -> None:
+    """Load the core's compiled kernels in this process, once: one short guidance run on a small
+    grid (``sim.testing``) with a Coordinator of its own; nothing of it is kept.
+
+    Numba loads a kernel from its disk cache at the kernel's first call (``map_data.jit``): about
+    half a second for the tracker's, predictor's and planner's kernels. Paid in the parent before
+    a batch forks its workers, it is paid once instead of by the first guidance run of every
+    worker of every batch (the simulator bench forks two workers per cell). Running the policy
+    itself, rather than a list of kernels, loads whatever kernels the core's calls use. Skipped
+    with ``CORDON_NO_JIT=1`` (nothing to load)."""
+    global _CORE_WARM
+    if _CORE_WARM:
+        return
+    _CORE_WARM = True
+    from map_data.jit import NO_JIT_ENV
+
+    if os.environ.get(NO_JIT_ENV) == "1":
+        return
+    from sim.testing import grid_city, small_guidance_scenario
+    from sim.world import run_scenario
+
+    ctx = CityContext(grid_city(cameras=40))
+    scenario = small_guidance_scenario(0, duration_s=120.0)
+    run_scenario(ctx, scenario, policy=GuidancePolicy(sim_coordinator(ctx.city)))
+
+
 def coordinator_for(ctx: CityContext) -> Any:
-    """The Coordinator of a city, built once per :class:`CityContext` (per batch worker)."""
+    """The Coordinator of a city, built once per :class:`CityContext` (per batch worker), with
+    the core's kernels loaded (:func:`warm_up_core`: workers forked afterwards inherit them)."""
     got = ctx.extras.get("coordinator")
     if got is None:
+        warm_up_core()
         got = sim_coordinator(
             ctx.city, reuse_prediction_s=ctx.extras.get("reuse_prediction_s", SIM_REUSE_PREDICTION_S)
         )

@@ -482,7 +482,7 @@ class World:
         target = crew.target
         edge = None
         if target is not None and target != crew.node:
-            edge = self.navigator.next_edge(crew.node, self.navigator.times_to([target]))
+            edge = self.navigator.next_edge_to(crew.node, target)
         if edge is None:
             if crew.waiting_since is None:
                 crew.waiting_since = self.now
