@@ -21,7 +21,6 @@ from datetime import datetime
 
 import numpy as np
 import numpy.typing as npt
-from scipy.sparse.csgraph import dijkstra
 
 from guidance.models import (
     DEFAULT_KIND_PRIOR,
@@ -46,6 +45,7 @@ from map_data.network_types import City
 from map_data.types import BoolArray, CompiledGraph, FloatArray, IntArray
 
 PREDICTOR_VERSION = "escape-mixture/5"
+_CHOICE_ATOL = math.sqrt(np.finfo(np.float64).eps)  # ``Generator.choice``'s tolerance on the sum
 _AWAY_CACHE_SIZE = 64  # incident origins whose distance fields are kept (4 bytes a node each)
 Float32Array = npt.NDArray[np.float32]
 
@@ -93,6 +93,20 @@ def derive_seed(incident_id: str, at_iso: str, n_sightings: int) -> int:
     """A 63-bit seed from the inputs, so the same belief always gives the same samples."""
     digest = hashlib.sha256(f"{incident_id}|{at_iso}|{n_sightings}".encode()).digest()
     return int.from_bytes(digest[:8], "big") >> 1
+
+
+def _draw(rng: np.random.Generator, p: FloatArray, size: int) -> IntArray:
+    """``rng.choice(p.size, size=size, p=p)``, draw for draw (its inverse-CDF sampling: the
+    cumulative sum over its last value, ``size`` uniform draws, the sorted search to the
+    right), without its per-call checks and conversions: the same indices and the same state
+    of ``rng`` after (a test compares them). Like it, raises for probabilities that are
+    negative, not numbers or do not sum to 1."""
+    cdf = np.cumsum(p)
+    if not (p.min() >= 0.0 and abs(cdf[-1] - 1.0) <= _CHOICE_ATOL):
+        raise ValueError(f"probabilities must be non-negative and sum to 1, got {p}")
+    cdf /= cdf[-1]
+    out: IntArray = np.searchsorted(cdf, rng.random(size), side="right")
+    return out
 
 
 class EscapePredictor:
@@ -175,6 +189,17 @@ class EscapePredictor:
         # ``_n_succ[e]`` of them.
         self._n_succ: IntArray = self._succ_valid.sum(axis=1).astype(np.int64)
         self._has_succ: BoolArray = np.asarray(self._n_succ > 0, dtype=np.bool_)
+        # The walk's table of successors, one row per edge e: its number of successors, then
+        # the successors, then their head nodes (int32: the row a step reads fits in a cache
+        # line or two).
+        if max(g.n_edges, g.n_nodes) >= 2**31:
+            raise GuidanceError("the walk's successor table holds edge and node ids as int32")
+        width = self._succ.shape[1]
+        table = np.empty((g.n_edges, 1 + 2 * width), dtype=np.int32)
+        table[:, 0] = self._n_succ
+        table[:, 1 : 1 + width] = self._succ
+        table[:, 1 + width :] = self._succ_head
+        self._succ_table: npt.NDArray[np.int32] = table
         self._times_to_flat = np.ascontiguousarray(self.destinations.times_to, dtype=np.float32).ravel()
         ms = [self.models[n] for n in self.model_names]
         self._m_speed = np.array([m.speed_factor for m in ms])
@@ -194,6 +219,13 @@ class EscapePredictor:
         # Seconds of score per hectometre away from the incident, per model (float32).
         self._away_s: Float32Array = (self._m_away * self._m_temp).astype(np.float32)
         self._away_cache: dict[int, Float32Array] = {}
+        self._node_xy: FloatArray = np.ascontiguousarray(g.node_xy, dtype=np.float64)
+        # The fastest-edge matrix ``g.time_csr`` as the arrays of its rows, for the physical
+        # bound's Dijkstra (:func:`_physical_bound_kernel`).
+        csr = g.time_csr
+        self._csr_ptr: IntArray = np.ascontiguousarray(csr.indptr, dtype=np.int64)
+        self._csr_next: IntArray = np.ascontiguousarray(csr.indices, dtype=np.int64)
+        self._csr_time_s: FloatArray = np.ascontiguousarray(csr.data, dtype=np.float64)
         self._kind_values = tuple(k.value for k in self.destinations.kinds)
         self._kind_of = dict(zip(self.destinations.nodes.tolist(), self._kind_values, strict=True))
         self.max_speed_factor = float(np.max(self._m_speed * np.exp(2.5 * self._m_jitter)))
@@ -210,8 +242,7 @@ class EscapePredictor:
         got = self._away_cache.get(origin)
         if got is not None:
             return got
-        g = self.graph
-        out: Float32Array = (np.hypot(*(g.node_xy - g.node_xy[origin]).T) / 100.0).astype(np.float32)
+        out = _away_hm_kernel(self._node_xy, origin)
         out.flags.writeable = False
         if len(self._away_cache) >= _AWAY_CACHE_SIZE:
             self._away_cache.pop(next(iter(self._away_cache)))
@@ -289,8 +320,8 @@ class EscapePredictor:
         )
 
         # Sample start, model, destination, speed factor.
-        start = rng.choice(pos_edges.size, size=K, p=pos_p)
-        model = rng.choice(len(self.model_names), size=K, p=m_w)
+        start = _draw(rng, pos_p, K)
+        model = _draw(rng, m_w, K)
         dest_idx = np.empty(K, dtype=np.int64)
         for mi in range(len(self.model_names)):
             sel = np.flatnonzero(model == mi)
@@ -299,7 +330,7 @@ class EscapePredictor:
             w = d_post * self._m_kinds[mi]
             if not w.sum() > 0:
                 w = d_post
-            dest_idx[sel] = rng.choice(w.size, size=sel.size, p=w / w.sum())
+            dest_idx[sel] = _draw(rng, w / w.sum(), sel.size)
         factor = self._m_speed[model] * np.exp(self._m_jitter[model] * rng.standard_normal(K))
         dest_node = dests.nodes[dest_idx]
 
@@ -319,9 +350,7 @@ class EscapePredictor:
             dest_idx,
             dest_node,
             any_exit,
-            self._succ,
-            self._n_succ,
-            self._succ_head,
+            self._succ_table,
             self._static_time,
             self._away_s,
             self._away_hm(origin),
@@ -334,11 +363,16 @@ class EscapePredictor:
             cfg.max_steps,
             rng,
         )
-        last = lengths - 1
-        last_node = nodes[np.arange(K), last]
-        left = (
-            (last_node == dest_node) & dests.is_exit[dest_idx] | any_exit & self._exit_node[last_node]
-        ) & (times[np.arange(K), last] <= horizon_s)
+        left = _left_map(
+            nodes,
+            times,
+            lengths,
+            dest_node,
+            dests.is_exit[dest_idx],
+            any_exit,
+            self._exit_node,
+            float(horizon_s),
+        )
         weights = np.full(K, 1.0 / K)
         samples = RouteSamples(
             nodes=nodes,
@@ -378,17 +412,152 @@ class EscapePredictor:
 
     def _physical_bound(self, pos_edges: IntArray, pos_off: FloatArray, horizon_s: float) -> FloatArray:
         """Lower bound on the arrival at every node, at the top speed factor: one multi-source
-        Dijkstra from the positions' head nodes plus the smallest remaining time on an edge."""
+        Dijkstra from the positions' head nodes plus the smallest remaining time on an edge
+        (compiled: :func:`_physical_bound_kernel`)."""
         g = self.graph
-        heads = np.unique(g.edge_v[pos_edges])
-        rem = g.edge_time_s[pos_edges] * np.maximum(
-            0.0, 1.0 - pos_off / np.maximum(g.edge_length_m[pos_edges], 1e-9)
+        return _physical_bound_kernel(
+            np.ascontiguousarray(pos_edges, dtype=np.int64),
+            np.ascontiguousarray(pos_off, dtype=np.float64),
+            g.edge_v,
+            g.edge_time_s,
+            g.edge_length_m,
+            self._csr_ptr,
+            self._csr_next,
+            self._csr_time_s,
+            float(horizon_s),
+            self.max_speed_factor,
         )
-        limit = horizon_s * self.max_speed_factor
-        d = dijkstra(g.time_csr, directed=True, indices=heads, min_only=True, limit=limit)
-        out: FloatArray = (np.asarray(d, dtype=np.float64) + float(rem.min())) / self.max_speed_factor
-        out[out > horizon_s] = np.inf
-        return out
+
+
+@jit
+def _physical_bound_kernel(
+    pos_edges: IntArray,
+    pos_off: FloatArray,
+    edge_v: IntArray,
+    edge_time_s: FloatArray,
+    edge_length_m: FloatArray,
+    indptr: IntArray,
+    indices: IntArray,
+    time_s: FloatArray,
+    horizon_s: float,
+    max_speed_factor: float,
+) -> FloatArray:
+    """:meth:`EscapePredictor._physical_bound`: the times from the positions' head nodes over
+    the CSR matrix ``(indptr, indices, time_s)`` (those of ``scipy.sparse.csgraph.dijkstra``
+    with ``min_only=True`` and ``limit=horizon_s * max_speed_factor``: a step is taken when
+    it arrives within the limit), plus the smallest remaining time on the positions' edges,
+    over ``max_speed_factor``; ``inf`` beyond ``horizon_s``.
+
+    A node's time is the least, over the paths to it, of the path's times added in order (the
+    arithmetic of any Dijkstra: rounding is monotone), so the order in which a binary heap
+    (with stale entries skipped) takes the nodes does not change it."""
+    n = indptr.size - 1
+    limit = horizon_s * max_speed_factor
+    rem_min = np.inf
+    for i in range(pos_edges.size):
+        e = pos_edges[i]
+        rem = edge_time_s[e] * max(0.0, 1.0 - pos_off[i] / max(edge_length_m[e], 1e-9))
+        if rem < rem_min:
+            rem_min = rem
+    dist = np.full(n, np.inf)
+    done = np.zeros(n, dtype=np.bool_)
+    heap_t = np.empty(indices.size + pos_edges.size, dtype=np.float64)
+    heap_v = np.empty(indices.size + pos_edges.size, dtype=np.int64)
+    size = 0
+    for i in range(pos_edges.size):
+        v = edge_v[pos_edges[i]]
+        if dist[v] == 0.0:
+            continue
+        dist[v] = 0.0
+        heap_t[size] = 0.0
+        heap_v[size] = v
+        size += 1  # all at time 0: a heap as it is
+    while size > 0:
+        t = heap_t[0]
+        v = heap_v[0]
+        size -= 1
+        # Sift the last entry down from the root.
+        last_t = heap_t[size]
+        last_v = heap_v[size]
+        i = 0
+        while True:
+            c = 2 * i + 1
+            if c >= size:
+                break
+            if c + 1 < size and heap_t[c + 1] < heap_t[c]:
+                c += 1
+            if heap_t[c] < last_t:
+                heap_t[i] = heap_t[c]
+                heap_v[i] = heap_v[c]
+                i = c
+            else:
+                break
+        heap_t[i] = last_t
+        heap_v[i] = last_v
+        if done[v]:
+            continue
+        done[v] = True
+        for j in range(indptr[v], indptr[v + 1]):
+            u = indices[j]
+            if done[u]:
+                continue
+            nt = t + time_s[j]
+            if nt <= limit and nt < dist[u]:
+                dist[u] = nt
+                # Sift up.
+                i = size
+                size += 1
+                while i > 0:
+                    p = (i - 1) // 2
+                    if heap_t[p] > nt:
+                        heap_t[i] = heap_t[p]
+                        heap_v[i] = heap_v[p]
+                        i = p
+                    else:
+                        break
+                heap_t[i] = nt
+                heap_v[i] = u
+    out = np.empty(n, dtype=np.float64)
+    for v in range(n):
+        b = (dist[v] + rem_min) / max_speed_factor
+        out[v] = np.inf if b > horizon_s else b
+    return out
+
+
+@jit
+def _left_map(
+    nodes: IntArray,
+    times_s: FloatArray,
+    lengths: IntArray,
+    dest_node: IntArray,
+    dest_is_exit: BoolArray,
+    any_exit: BoolArray,
+    exit_node: BoolArray,
+    horizon_s: float,
+) -> BoolArray:
+    """Per route, whether it left the map within ``horizon_s``: its last crossing is its
+    destination and that is an exit, or (``any_exit``) any exit."""
+    K = lengths.size
+    left = np.empty(K, dtype=np.bool_)
+    for k in range(K):
+        last = lengths[k] - 1
+        v = nodes[k, last]
+        out = (v == dest_node[k] and dest_is_exit[k]) or (any_exit[k] and exit_node[v])
+        left[k] = out and times_s[k, last] <= horizon_s
+    return left
+
+
+@jit
+def _away_hm_kernel(node_xy: FloatArray, origin: int) -> Float32Array:
+    """:meth:`EscapePredictor._away_hm`: ``hypot(dx, dy) / 100`` from ``origin`` per node, in
+    float32 (the arithmetic of ``np.hypot`` and ``astype``, value for value)."""
+    n = node_xy.shape[0]
+    out = np.empty(n, dtype=np.float32)
+    ox = node_xy[origin, 0]
+    oy = node_xy[origin, 1]
+    for v in range(n):
+        out[v] = np.float32(math.hypot(node_xy[v, 0] - ox, node_xy[v, 1] - oy) / 100.0)
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -405,9 +574,7 @@ def _walk_routes(
     dest_idx: IntArray,
     dest_node: IntArray,
     any_exit: BoolArray,
-    succ: IntArray,
-    n_succ: IntArray,
-    succ_head: IntArray,
+    succ_table: npt.NDArray[np.int32],
     static_time: Float32Array,
     away_s: Float32Array,
     away_hm: Float32Array,
@@ -423,6 +590,9 @@ def _walk_routes(
     """Walk the K routes; return their ``(nodes, edges, times_s, lengths)`` (K × longest,
     padded with -1 / inf), step 0 being each route's start (``cur_edge[k]`` at ``t_s[k]``).
 
+    Edge e's row of ``succ_table`` holds its number of successors ``w``, then (W columns each,
+    the first ``w`` used) its successors and their head nodes.
+
     Route k (model ``m``, speed ``factor[k]``) walks until its time reaches ``horizon_s``, it
     reaches ``dest_node[k]``, an exit when ``any_exit[k]``, an edge with no successor, or
     ``max_steps`` crossings. At each crossing it takes the successor j of its edge e with
@@ -431,21 +601,34 @@ def _walk_routes(
     one Gumbel draw per successor; none when there is a single successor). ``score_j``, in
     seconds, is ``static_time[m * E + e, j] + away_hm[head_j] * away_s[m] -
     times_to_flat[dest_idx[k] * n + head_j]`` in float32 (the tables' precision: the scores
-    of earlier versions, bit for bit); the weights, their sum and the times are float64.
+    of earlier versions, bit for bit); the weights, their sum and the times are float64 (the
+    best successor's weight is ``exp(0) = 1`` without calling ``exp``).
     Routes are walked in order, so the draws depend only on ``rng``'s state and the inputs.
     """
     K = cur_edge.size
     S = max_steps + 1
-    E = succ.shape[0]
-    W = succ.shape[1]
+    E = succ_table.shape[0]
+    W = (succ_table.shape[1] - 1) // 2
     n = away_hm.size
-    flat_edge = np.empty(K * S, dtype=np.int64)
-    flat_time = np.empty(K * S, dtype=np.float64)
+    # The routes' steps, one route after the other (route k from ``base`` on): the buffer grows
+    # (doubling) when a longest possible route might not fit, rather than holding K × S steps,
+    # most of which a walk never reaches.
+    capacity = K * 64 + S
+    flat_edge = np.empty(capacity, dtype=np.int64)
+    flat_time = np.empty(capacity, dtype=np.float64)
     lengths = np.empty(K, dtype=np.int64)
     score = np.empty(W, dtype=np.float32)
     weight = np.empty(W, dtype=np.float64)
+    base = 0
     for k in range(K):
-        base = k * S
+        if capacity - base < S:
+            capacity = max(2 * capacity, base + S)
+            grown_edge = np.empty(capacity, dtype=np.int64)
+            grown_edge[:base] = flat_edge[:base]
+            flat_edge = grown_edge
+            grown_time = np.empty(capacity, dtype=np.float64)
+            grown_time[:base] = flat_time[:base]
+            flat_time = grown_time
         ce = cur_edge[k]
         flat_edge[base] = ce
         flat_time[base] = t_s[k]
@@ -453,7 +636,7 @@ def _walk_routes(
         dest = dest_node[k]
         ax = any_exit[k]
         length = 1
-        if t_s[k] < horizon_s and node != dest and not (ax and exit_node[node]) and n_succ[ce] > 0:
+        if t_s[k] < horizon_s and node != dest and not (ax and exit_node[node]) and succ_table[ce, 0] > 0:
             f = factor[k]
             walked_s = t_s[k] * f  # free-flow time walked (the route's time times its speed factor)
             limit_s = horizon_s * f
@@ -463,12 +646,12 @@ def _walk_routes(
             away = away_s[m]
             temp = temperature_s[m]
             while length < S:
-                w_n = n_succ[ce]
+                w_n = succ_table[ce, 0]
                 j_pick = 0
                 if w_n > 1:
                     row = row0 + ce
                     for j in range(w_n):
-                        head = succ_head[ce, j]
+                        head = succ_table[ce, 1 + W + j]
                         score[j] = static_time[row, j] + away_hm[head] * away - times_to_flat[d_off + head]
                     best = score[0]
                     for j in range(1, w_n):
@@ -476,7 +659,7 @@ def _walk_routes(
                             best = score[j]
                     total = 0.0
                     for j in range(w_n):
-                        w = math.exp((score[j] - best) / temp)
+                        w = 1.0 if score[j] == best else math.exp((score[j] - best) / temp)
                         weight[j] = w
                         total += w
                     u = rng.random() * total
@@ -487,28 +670,30 @@ def _walk_routes(
                             acc += weight[j]
                             if acc > u:
                                 break
-                ce = succ[ce, j_pick]
+                node = succ_table[ce, 1 + W + j_pick]
+                ce = succ_table[ce, 1 + j_pick]
                 walked_s += edge_time_s[ce]
-                node = edge_v[ce]
                 flat_edge[base + length] = ce
                 flat_time[base + length] = walked_s / f
                 length += 1
-                if walked_s >= limit_s or node == dest or (ax and exit_node[node]) or n_succ[ce] == 0:
+                if walked_s >= limit_s or node == dest or (ax and exit_node[node]) or succ_table[ce, 0] == 0:
                     break
         lengths[k] = length
+        base += length
     width = 1
     for k in range(K):
         width = max(width, lengths[k])
     nodes = np.full((K, width), -1, dtype=np.int64)
     edges = np.full((K, width), -1, dtype=np.int64)
     times = np.full((K, width), np.inf, dtype=np.float64)
+    base = 0
     for k in range(K):
-        base = k * S
         for s in range(lengths[k]):
             edge = flat_edge[base + s]
             edges[k, s] = edge
             nodes[k, s] = edge_v[edge]
             times[k, s] = flat_time[base + s]
+        base += lengths[k]
     return nodes, edges, times, lengths
 
 
@@ -577,66 +762,107 @@ def _first_arrivals_kernel(
     return rows, out_nodes, out_times
 
 
-def _node_statistics(
-    samples: RouteSamples, n_nodes: int, horizon_s: float, arrivals: tuple[IntArray, IntArray, FloatArray]
-) -> tuple[FloatArray, FloatArray, FloatArray]:
-    """Per node: the probability that a route passes (by ``horizon_s``), its earliest arrival and
-    its weighted median arrival (the first arrival, by time, at which the running weight
-    reaches half the node's)."""
-    rows, nodes, times = arrivals
-    w = samples.weights[rows]
-    total = float(samples.weights.sum())
-    pass_p = np.bincount(nodes, weights=w, minlength=n_nodes) / total
-    earliest, likely = _arrival_times_kernel(
-        np.ascontiguousarray(nodes, dtype=np.int64),
-        np.ascontiguousarray(times, dtype=np.float64),
-        np.ascontiguousarray(w, dtype=np.float64),
-        n_nodes,
-    )
-    return pass_p, earliest, likely
+_INSERTION_RUN = 16  # a node's arrivals up to which :func:`_run_statistics` sorts by insertion
 
 
 @jit
-def _arrival_times_kernel(
-    nodes: IntArray, times_s: FloatArray, weights: FloatArray, n_nodes: int
+def _kth_smallest(values: FloatArray, lo: int, hi: int, k: int) -> float:
+    """The ``k``-th smallest (from 0) of ``values[lo:hi]``, which it reorders (a quickselect:
+    the value is that of any sort)."""
+    k += lo
+    hi -= 1
+    while lo < hi:
+        mid = (lo + hi) // 2
+        # The median of three as the pivot, moved to ``hi``.
+        if values[mid] < values[lo]:
+            values[mid], values[lo] = values[lo], values[mid]
+        if values[hi] < values[lo]:
+            values[hi], values[lo] = values[lo], values[hi]
+        if values[mid] < values[hi]:
+            values[mid], values[hi] = values[hi], values[mid]
+        pivot = values[hi]
+        store = lo
+        for i in range(lo, hi):
+            if values[i] < pivot:
+                values[i], values[store] = values[store], values[i]
+                store += 1
+        values[store], values[hi] = values[hi], values[store]
+        if store == k:
+            return float(values[k])
+        if store < k:
+            lo = store + 1
+        else:
+            hi = store - 1
+    return float(values[k])
+
+
+@jit
+def _run_statistics(
+    t_s: FloatArray, w_s: FloatArray, start: IntArray, n_nodes: int
 ) -> tuple[FloatArray, FloatArray]:
-    """Per node, the earliest arrival and the weighted median (``inf`` where none). The
-    arrivals are ordered by node (a counting sort keeping their order), then by time (a stable
-    insertion sort: equal times keep their order); the running weight is summed over that
-    whole order, as a cumulative sum would be, and the median is the first arrival of the node
-    whose running weight reaches the weight before the node plus half the node's (less 1e-12)."""
-    N = nodes.size
+    """Per node v, the earliest arrival and the weighted median (``inf`` where none) of the
+    arrivals ``t_s[start[v]:start[v + 1]]`` of weights ``w_s`` (in the order of the
+    arrivals' routes; both reordered in place): see :func:`_arrival_times_kernel`.
+
+    When a node's arrivals all weigh the same (the predictor's routes do), the running sums
+    do not depend on their order: the median is then the arrival of the rank where the
+    running weight reaches the target, found without sorting (:func:`_kth_smallest`); other
+    nodes' arrivals are sorted (by insertion, or by a merge sort when there are many)."""
     earliest = np.full(n_nodes, np.inf)
     likely = np.full(n_nodes, np.inf)
-    start = np.zeros(n_nodes + 1, dtype=np.int64)
-    for i in range(N):
-        start[nodes[i] + 1] += 1
-    for v in range(n_nodes):
-        start[v + 1] += start[v]
-    fill = start[:-1].copy()
-    t_s = np.empty(N, dtype=np.float64)
-    w_s = np.empty(N, dtype=np.float64)
-    for i in range(N):
-        v = nodes[i]
-        j = fill[v]
-        fill[v] += 1
-        # Insertion into the node's run, after the arrivals of no later time.
-        t = times_s[i]
-        w = weights[i]
-        while j > start[v] and t_s[j - 1] > t:
-            t_s[j] = t_s[j - 1]
-            w_s[j] = w_s[j - 1]
-            j -= 1
-        t_s[j] = t
-        w_s[j] = w
     cum = 0.0
     for v in range(n_nodes):
         lo = start[v]
         hi = start[v + 1]
         if hi == lo:
             continue
-        earliest[v] = t_s[lo]
         before = cum
+        w0 = w_s[lo]
+        even = True
+        first = t_s[lo]
+        for i in range(lo, hi):
+            t = t_s[i]
+            if w_s[i] != w0 or t != t or (t == 0.0 and math.copysign(1.0, t) < 0.0):
+                # (Times that are not numbers, or -0 (equal to 0 but another median): sorted.)
+                even = False
+                break
+            if t < first:
+                first = t
+        if even:
+            for _ in range(lo, hi):
+                cum += w0
+            target = before + 0.5 * (cum - before) - 1e-12
+            run = before
+            rank = hi - lo - 1
+            for i in range(hi - lo):
+                run += w0
+                if run >= target:
+                    rank = i
+                    break
+            earliest[v] = first
+            likely[v] = _kth_smallest(t_s, lo, hi, rank)
+            continue
+        # The node's run by time, stably: an insertion sort for a short run, a merge sort
+        # (stable too, so the same order) for a long one.
+        if hi - lo > _INSERTION_RUN:
+            order = np.argsort(t_s[lo:hi], kind="mergesort")
+            run_t = t_s[lo:hi].copy()
+            run_w = w_s[lo:hi].copy()
+            for i in range(hi - lo):
+                t_s[lo + i] = run_t[order[i]]
+                w_s[lo + i] = run_w[order[i]]
+        else:
+            for i in range(lo + 1, hi):
+                t = t_s[i]
+                w = w_s[i]
+                j = i
+                while j > lo and t_s[j - 1] > t:
+                    t_s[j] = t_s[j - 1]
+                    w_s[j] = w_s[j - 1]
+                    j -= 1
+                t_s[j] = t
+                w_s[j] = w
+        earliest[v] = t_s[lo]
         for i in range(lo, hi):
             cum += w_s[i]
         target = before + 0.5 * (cum - before) - 1e-12
@@ -651,38 +877,216 @@ def _arrival_times_kernel(
     return earliest, likely
 
 
+@jit
+def _arrival_times_kernel(
+    nodes: IntArray, times_s: FloatArray, weights: FloatArray, n_nodes: int
+) -> tuple[FloatArray, FloatArray]:
+    """Per node, the earliest arrival and the weighted median (``inf`` where none). The
+    arrivals are ordered by node (a counting sort keeping their order), then by time (a stable
+    sort: equal times keep their order); the running weight is summed over that
+    whole order, as a cumulative sum would be, and the median is the first arrival of the node
+    whose running weight reaches the weight before the node plus half the node's (less 1e-12).
+
+    The statistics are :func:`_run_statistics`'s."""
+    N = nodes.size
+    start = np.zeros(n_nodes + 1, dtype=np.int64)
+    for i in range(N):
+        start[nodes[i] + 1] += 1
+    for v in range(n_nodes):
+        start[v + 1] += start[v]
+    fill = start[:-1].copy()
+    t_s = np.empty(N, dtype=np.float64)
+    w_s = np.empty(N, dtype=np.float64)
+    for i in range(N):
+        v = nodes[i]
+        j = fill[v]
+        fill[v] += 1
+        t_s[j] = times_s[i]
+        w_s[j] = weights[i]
+    return _run_statistics(t_s, w_s, start, n_nodes)
+
+
+@jit
+def _arrival_statistics_kernel(
+    nodes: IntArray, times_s: FloatArray, route_w: FloatArray, horizon_s: float, n_nodes: int
+) -> tuple[IntArray, IntArray, FloatArray, FloatArray, FloatArray, FloatArray]:
+    """:func:`first_arrivals` and the per-node statistics at once: ``(rows, nodes, times)``
+    of the first arrivals (by route, then by node), and per node the summed weight of the
+    routes that pass (``np.bincount``'s sums over the arrivals: in route order), the earliest
+    arrival and the weighted median (:func:`_arrival_times_kernel`'s values). The
+    arrivals in order of node, then of route, which :func:`_first_arrivals_kernel` sorts
+    them into, are the order in which :func:`_arrival_times_kernel` takes them: they are
+    sorted once."""
+    K, S = nodes.shape
+    seen = np.full(n_nodes, -1, dtype=np.int64)  # the last route that reached a node
+    route_end = np.zeros(K + 1, dtype=np.int64)
+    found = np.empty(K * S, dtype=np.int64)  # flat index k * S + s of each first arrival
+    count = 0
+    for k in range(K):
+        for s in range(S):
+            v = nodes[k, s]
+            if v >= 0 and times_s[k, s] <= horizon_s and seen[v] != k:
+                seen[v] = k
+                found[count] = k * S + s
+                count += 1
+        route_end[k + 1] = count
+    # By node (stable: by route within a node) ...
+    start = np.zeros(n_nodes + 1, dtype=np.int64)
+    for i in range(count):
+        start[nodes.flat[found[i]] + 1] += 1
+    for v in range(n_nodes):
+        start[v + 1] += start[v]
+    fill = start[:-1].copy()
+    by_node = np.empty(count, dtype=np.int64)
+    pass_w = np.zeros(n_nodes, dtype=np.float64)
+    t_s = np.empty(count, dtype=np.float64)
+    w_s = np.empty(count, dtype=np.float64)
+    for i in range(count):
+        f = found[i]
+        v = nodes.flat[f]
+        j = fill[v]
+        fill[v] += 1
+        by_node[j] = f
+        w = route_w[f // S]
+        pass_w[v] += w
+        t_s[j] = times_s.flat[f]
+        w_s[j] = w
+    # ... then by route (stable: by node within a route).
+    fill = route_end[:-1].copy()
+    rows = np.empty(count, dtype=np.int64)
+    out_nodes = np.empty(count, dtype=np.int64)
+    out_times = np.empty(count, dtype=np.float64)
+    for i in range(count):
+        f = by_node[i]
+        k = f // S
+        j = fill[k]
+        fill[k] += 1
+        rows[j] = k
+        out_nodes[j] = nodes.flat[f]
+        out_times[j] = times_s.flat[f]
+    earliest, likely = _run_statistics(t_s, w_s, start, n_nodes)
+    return rows, out_nodes, out_times, pass_w, earliest, likely
+
+
 def _top_routes(samples: RouteSamples, kind_of: Mapping[int, str], top_k: int) -> tuple[EscapeRoute, ...]:
     """Group the sampled routes by destination; report the most frequent route of each of the
     ``top_k`` heaviest groups with the group's probability (ties: the destination of lower
-    index; within a group, the route drawn first)."""
+    index; within a group, the route drawn first). The groups and routes are found by
+    :func:`_top_routes_kernel`."""
     total = float(samples.weights.sum())
-    dest_values, dest_of = np.unique(samples.destinations, return_inverse=True)
-    # (``bincount`` adds each group's weights in route order, as a running sum would.)
-    group_w = np.bincount(dest_of.ravel(), weights=samples.weights, minlength=dest_values.size)
-    best_groups = np.lexsort((dest_values, -group_w))[:top_k]
-    # One opaque value per route (its nodes, -1 padded): equal values are equal routes.
-    rows = np.ascontiguousarray(samples.nodes)
-    route_key = rows.view(np.dtype((np.void, rows.shape[1] * rows.itemsize))).ravel()
+    reps, dests, group_w = _top_routes_kernel(
+        np.ascontiguousarray(samples.nodes, dtype=np.int64),
+        np.ascontiguousarray(samples.weights, dtype=np.float64),
+        np.ascontiguousarray(samples.destinations, dtype=np.int64),
+        int(top_k),
+    )
     routes: list[EscapeRoute] = []
-    for g in best_groups.tolist():
-        members = np.flatnonzero(dest_of.ravel() == g)
-        _, first, which = np.unique(route_key[members], return_index=True, return_inverse=True)
-        route_w = np.bincount(which.ravel(), weights=samples.weights[members], minlength=first.size)
-        first_k = members[first]
-        rep = int(first_k[np.lexsort((first_k, -route_w))[0]])
+    for rep, d, w in zip(reps.tolist(), dests.tolist(), group_w.tolist(), strict=True):
         n = int(samples.lengths[rep])
-        d = int(dest_values[g])
         routes.append(
             EscapeRoute(
                 nodes=tuple(samples.nodes[rep, :n].tolist()),
                 edges=tuple(samples.edges[rep, :n].tolist()),
-                probability=float(group_w[g]) / total,
+                probability=w / total,
                 eta_s=tuple(samples.times_s[rep, :n].tolist()),
                 destination=d,
                 destination_kind=kind_of.get(d, "unknown"),
             )
         )
     return tuple(routes)
+
+
+_HASH_MASK = 2**31 - 1  # a route's hash is kept below 2**31: its arithmetic never overflows
+
+
+@jit
+def _top_routes_kernel(
+    nodes: IntArray, weights: FloatArray, destinations: IntArray, top_k: int
+) -> tuple[IntArray, IntArray, FloatArray]:
+    """:func:`_top_routes`: ``(route, destination, weight)`` of each of the ``top_k`` heaviest
+    destination groups, heaviest first (ties: the lower destination). A group's weight is the
+    sum of its routes' weights in route order (as ``np.bincount`` adds them); its route is
+    the one of largest summed weight among the distinct rows of ``nodes`` in the group (ties:
+    the one drawn first), reported by its first draw. Equal rows are found by a hash of the
+    row's nodes up to its padding (sorted by hash, then by route) and then compared entry by
+    entry."""
+    K, S = nodes.shape
+    # Destination groups: the distinct destinations in increasing order.
+    ordered = np.sort(destinations)
+    G = 0
+    for i in range(K):
+        if i == 0 or ordered[i] != ordered[i - 1]:
+            ordered[G] = ordered[i]
+            G += 1
+    values = ordered[:G]
+    group = np.searchsorted(values, destinations)
+    group_w = np.zeros(G, dtype=np.float64)
+    for k in range(K):
+        group_w[group[k]] += weights[k]
+    # Each route's canonical route: the first drawn with the same destination and row.
+    key = np.empty(K, dtype=np.int64)
+    for k in range(K):
+        h = 0
+        for s in range(S):
+            v = nodes[k, s]
+            if v < 0:  # (the padding: equal rows have equal hashes all the same)
+                break
+            h = (h * 1000003 + v + 1) & _HASH_MASK
+        key[k] = h * K + k
+    order = np.argsort(key)
+    canon = np.arange(K)
+    distinct = np.empty(K, dtype=np.int64)
+    lo = 0
+    while lo < K:
+        h = key[order[lo]] // K
+        hi = lo + 1
+        while hi < K and key[order[hi]] // K == h:
+            hi += 1
+        # Routes lo..hi share a hash, in route order: each is a repeat of one of the run's
+        # distinct routes so far, or a new one.
+        n_distinct = 1
+        distinct[0] = order[lo]
+        for i in range(lo + 1, hi):
+            k = order[i]
+            for r in range(n_distinct):
+                c = distinct[r]
+                if destinations[c] != destinations[k]:
+                    continue
+                same = True
+                for s in range(S):
+                    if nodes[c, s] != nodes[k, s]:
+                        same = False
+                        break
+                if same:
+                    canon[k] = c
+                    break
+            if canon[k] == k:
+                distinct[n_distinct] = k
+                n_distinct += 1
+        lo = hi
+    n_out = min(top_k, G)
+    reps = np.empty(n_out, dtype=np.int64)
+    out_dest = np.empty(n_out, dtype=np.int64)
+    out_w = np.empty(n_out, dtype=np.float64)
+    taken = np.zeros(G, dtype=np.bool_)
+    route_w = np.zeros(K, dtype=np.float64)
+    for r in range(n_out):
+        best = -1
+        for g in range(G):
+            if not taken[g] and (best < 0 or group_w[g] > group_w[best]):
+                best = g
+        taken[best] = True
+        for k in range(K):
+            if group[k] == best:
+                route_w[canon[k]] += weights[k]
+        rep = -1
+        for k in range(K):
+            if group[k] == best and canon[k] == k and (rep < 0 or route_w[k] > route_w[rep]):
+                rep = k
+        reps[r] = rep
+        out_dest[r] = values[best]
+        out_w[r] = group_w[best]
+    return reps, out_dest, out_w
 
 
 def prediction_from_samples(
@@ -711,8 +1115,15 @@ def prediction_from_samples(
         raise GuidanceError("samples.nodes, edges and times_s must have the same shape")
     if not samples.weights.sum() > 0:
         raise GuidanceError("sample weights sum to 0")
-    arrivals = first_arrivals(samples, horizon_s)
-    pass_p, earliest, likely = _node_statistics(samples, graph.n_nodes, horizon_s, arrivals)
+    rows, nodes, times, pass_w, earliest, likely = _arrival_statistics_kernel(
+        np.ascontiguousarray(samples.nodes, dtype=np.int64),
+        np.ascontiguousarray(samples.times_s, dtype=np.float64),
+        np.ascontiguousarray(samples.weights, dtype=np.float64),
+        float(horizon_s),
+        graph.n_nodes,
+    )
+    arrivals = (rows, nodes, times)
+    pass_p = pass_w / float(samples.weights.sum())
     bound = np.zeros(graph.n_nodes) if bound_eta_s is None else bound_eta_s
     if fast_eta_s is not None:
         earliest = np.where(np.isfinite(earliest), np.minimum(earliest, fast_eta_s), earliest)

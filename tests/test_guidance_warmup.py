@@ -10,9 +10,23 @@ import guidance.prediction as prediction
 from guidance.warmup import warm_up_kernels
 
 KERNELS = {
-    prediction: ("_walk_routes", "_first_arrivals_kernel", "_arrival_times_kernel"),
-    planner: ("_pair_bonus", "_quantiles_into", "_incidence_kernel", "_tree_path_edges"),
-    coverage: ("_greedy_kernel", "_improve_kernel"),
+    prediction: (
+        "_walk_routes",
+        "_arrival_statistics_kernel",
+        "_physical_bound_kernel",
+        "_away_hm_kernel",
+        "_top_routes_kernel",
+        "_left_map",
+    ),
+    planner: (
+        "_pair_bonus",
+        "_quantiles_into",
+        "_incidence_kernel",
+        "_tree_path_edges",
+        "_etas_into",
+        "_in_time",
+    ),
+    coverage: ("_greedy_kernel", "_improve_kernel", "_columns"),
 }
 
 

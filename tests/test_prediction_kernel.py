@@ -90,6 +90,8 @@ def test_walk_samples_the_softmax_of_the_scores() -> None:
     succ = np.array([[1, 2, 3], [0, 0, 0], [0, 0, 0], [0, 0, 0]], dtype=np.int64)
     n_succ = np.array([3, 0, 0, 0], dtype=np.int64)
     succ_head = edge_v[succ]
+    # The walk's table: per edge, its number of successors, the successors, their heads.
+    succ_table = np.column_stack([n_succ, succ, succ_head]).astype(np.int32)
     static_time = np.array([[0.0, -1.0, -2.0], [0, 0, 0], [0, 0, 0], [0, 0, 0]], dtype=np.float32)
     args = (
         np.zeros(K, dtype=np.int64),  # every route on edge 0
@@ -99,9 +101,7 @@ def test_walk_samples_the_softmax_of_the_scores() -> None:
         np.zeros(K, dtype=np.int64),  # destination 0 (node 0: never reached)
         np.zeros(K, dtype=np.int64),
         np.zeros(K, dtype=np.bool_),
-        succ,
-        n_succ,
-        succ_head,
+        succ_table,
         static_time,
         np.zeros(1, dtype=np.float32),
         np.zeros(5, dtype=np.float32),
