@@ -26,6 +26,7 @@ accumulated across queries, so a belief is a pure function of the sightings and 
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Container, Sequence
 from dataclasses import dataclass
@@ -36,6 +37,12 @@ from map_data.types import EdgePosition, FloatArray, IntArray
 from tracking.behaviour import BranchContext, BranchModel, RoadBehaviour, RoadBranchParts
 from tracking.config import TrackerConfig
 from tracking.kalman import H_SPEED, predict_batch, update_batch
+from tracking.kernels import (
+    branch_csr_kernel,
+    extend_kernel,
+    merge_kernel,
+    route_neg_kernel,
+)
 from tracking.roads import RoadIndex
 
 _SQRT2 = math.sqrt(2.0)
@@ -115,6 +122,35 @@ class BranchPriors:
             self._ptr = table[0].tolist()
             self._probs = np.asarray(table[1], dtype=np.float64)
         self._memo: dict[int, _Branches] = {}
+        self._csr: tuple[IntArray, IntArray, FloatArray] | None = None
+        self._table_ptr: IntArray | None = None if table is None else np.asarray(table[0], dtype=np.int64)
+
+    def csr(self) -> tuple[IntArray, IntArray, FloatArray]:
+        """The priors of every arriving edge as CSR arrays ``(ptr, out_edge, log prior)`` (those of
+        ``in_edge`` are ``ptr[in_edge]:ptr[in_edge + 1]``, the values of :meth:`get`), built once."""
+        if self._csr is None:
+            roads = self.roads
+            graph = roads.graph
+            if self._table_ptr is not None and self._probs is not None:
+                self._csr = branch_csr_kernel(
+                    np.asarray(graph.edge_v, dtype=np.int64),
+                    np.asarray(graph.out_ptr, dtype=np.int64),
+                    np.asarray(graph.out_edges, dtype=np.int64),
+                    self._table_ptr,
+                    self._probs,
+                    float(self.floor),
+                )
+            else:
+                ptr = np.zeros(graph.n_edges + 1, dtype=np.int64)
+                outs: list[int] = []
+                logp: list[float] = []
+                for e in range(graph.n_edges):
+                    for out, lp in self.get(e):
+                        outs.append(out)
+                        logp.append(lp)
+                    ptr[e + 1] = len(outs)
+                self._csr = (ptr, np.asarray(outs, dtype=np.int64), np.asarray(logp, dtype=np.float64))
+        return self._csr
 
     def get(self, in_edge: int) -> _Branches:
         """``(out_edge, log prior)`` of the ways out at the head of ``in_edge`` (tiny ones dropped)."""
@@ -381,8 +417,14 @@ def propagate(ctx: Context, hyps: Hypotheses, t_s: float) -> Hypotheses:
 
     Pure: the result depends only on ``hyps`` and ``t_s``. The negative information of the
     silent cameras on each route is evaluated at ``t_s`` (``neg``).
+
+    The branching runs in rounds (:func:`tracking.kernels.extend_kernel`): each round, every
+    hypothesis whose mean has passed its route's end is replaced by its children (the ones kept
+    as they are first, in order, then the children), children far below the best dropped; when
+    the set grows beyond twice ``max_hypotheses`` it is merged and pruned.
     """
     cfg = ctx.config
+    roads = ctx.roads
     dt = t_s - hyps.t_s
     if dt > 0:
         x, P = predict_batch(hyps.x, hyps.P, dt, cfg.accel_noise)
@@ -390,93 +432,131 @@ def propagate(ctx: Context, hyps: Hypotheses, t_s: float) -> Hypotheses:
         x, P = hyps.x.copy(), hyps.P.copy()
     sigma = np.sqrt(P[:, 0, 0])
     routes = list(hyps.routes)
-    route_len = hyps.route_len.tolist()
-    last_start = hyps.last_start.tolist()
-    anchor = hyps.anchor.tolist()
-    lw = hyps.lw.tolist()
     skip = hyps.last_camera
-    s_list = x[:, 0].tolist()
-    sig_list = sigma.tolist()
-    neg = [ctx.route_neg(routes[i], anchor[i], s_list[i], sig_list[i], skip) for i in range(len(routes))]
-    lengths = ctx.roads.edge_len
-    spans = ctx.roads.edge_spans
-    branches = ctx.branches
-    p_detect = ctx.p_detect
-    erfc, log = math.erfc, math.log
-    for _ in range(cfg.max_extension_rounds):
-        n = len(routes)
-        need = [i for i in range(n) if s_list[i] > route_len[i] and branches(routes[i][-1])]
-        if not need:
-            break
-        floor = max([lw[i] + neg[i] for i in range(n)]) - _NEGLIGIBLE_LOG
-        # The hypotheses kept as they are, in order, then the children of the extended ones.
-        if len(need) == n:
-            src: list[int] = []
-        else:
-            need_set = set(need)
-            src = [i for i in range(n) if i not in need_set]
-        n_routes = [routes[i] for i in src]
-        n_len = [route_len[i] for i in src]
-        n_last = [last_start[i] for i in src]
-        n_anchor = [anchor[i] for i in src]
-        n_lw = [lw[i] for i in src]
-        n_neg = [neg[i] for i in src]
-        for i in need:
-            base, route, s_i, sig_i, lw_i, neg_i, anchor_i = (
-                route_len[i],
-                routes[i],
-                s_list[i],
-                sig_list[i],
-                lw[i],
-                neg[i],
-                anchor[i],
-            )
-            scale = sig_i * _SQRT2
-            for e, logp in branches(route[-1]):
-                extra = 0.0
-                seen = spans.get(e)
-                if seen is not None:
-                    for cid, mid, _a, _b in seen:
-                        if cid != skip:  # :meth:`Context.span_log_factor`, inlined
-                            passed = 0.5 * erfc(-(s_i - (base + mid)) / scale)
-                            extra += log(max(1.0 - p_detect * passed, 1e-12))
-                if lw_i + logp + neg_i + extra < floor:
-                    continue
-                src.append(i)
-                n_routes.append((*route, e))
-                n_len.append(base + lengths[e])
-                n_last.append(base)
-                n_anchor.append(anchor_i)
-                n_lw.append(lw_i + logp)
-                n_neg.append(neg_i + extra)
-        idx = np.asarray(src, dtype=np.int64)
-        x, P = x[idx], P[idx]
-        routes, route_len, last_start, anchor, lw, neg = n_routes, n_len, n_last, n_anchor, n_lw, n_neg
-        if len(routes) > 2 * cfg.max_hypotheses:  # let a few rounds accumulate between merges
-            routes, route_len, last_start, anchor, lw, neg, x, P = _merge_prune(
-                ctx, routes, route_len, last_start, anchor, lw, neg, x, P, key_last_edge=True
-            )
-            s_list = x[:, 0].tolist()
-            sig_list = np.sqrt(P[:, 0, 0]).tolist()
-        else:  # the same numbers as recomputing them from the gathered states
-            s_list = [s_list[i] for i in src]
-            sig_list = [sig_list[i] for i in src]
-    if dt > 0:
-        routes, route_len, last_start, anchor, lw, neg, x, P = _merge_prune(
-            ctx, routes, route_len, last_start, anchor, lw, neg, x, P, key_last_edge=True
+    skip_cam = roads.camera_code(skip)
+    s_arr = np.ascontiguousarray(x[:, 0])
+    route_edges = np.fromiter(itertools.chain.from_iterable(routes), dtype=np.int64)
+    route_ptr = np.zeros(len(routes) + 1, dtype=np.int64)
+    np.cumsum(np.fromiter(map(len, routes), dtype=np.int64, count=len(routes)), out=route_ptr[1:])
+    neg = route_neg_kernel(
+        route_ptr,
+        route_edges,
+        hyps.anchor,
+        s_arr,
+        sigma,
+        skip_cam,
+        roads.edge_len_arr,
+        roads.span_ptr,
+        roads.span_cam,
+        roads.span_mid,
+        ctx.p_detect,
+    )
+    route_len = hyps.route_len
+    last_start = hyps.last_start
+    anchor = hyps.anchor
+    lw = hyps.lw
+    br_ptr, br_out, br_logp = ctx.priors.csr()
+    rounds_left = cfg.max_extension_rounds
+    last_edge = np.fromiter((r[-1] for r in routes), dtype=np.int64, count=len(routes))
+    # Each hypothesis' route: the input route ``origin[i]`` plus the chain of edges appended,
+    # ending at node ``chain[i]`` of the tree ``node_prev``/``node_edge`` (tuples built at the end).
+    origin = np.arange(len(routes), dtype=np.int64)
+    chain = np.full(len(routes), -1, dtype=np.int64)
+    node_prev = np.empty(0, dtype=np.int64)
+    node_edge = np.empty(0, dtype=np.int64)
+    n_nodes = 0
+    while rounds_left > 0:
+        (
+            status,
+            used,
+            src,
+            chain,
+            last_edge,
+            route_len,
+            last_start,
+            lw,
+            neg,
+            node_prev,
+            node_edge,
+            n_nodes,
+        ) = extend_kernel(
+            last_edge,
+            route_len,
+            last_start,
+            lw,
+            neg,
+            s_arr,
+            sigma,
+            chain,
+            node_prev,
+            node_edge,
+            n_nodes,
+            rounds_left,
+            2 * cfg.max_hypotheses,
+            skip_cam,
+            _NEGLIGIBLE_LOG,
+            roads.edge_len_arr,
+            br_ptr,
+            br_out,
+            br_logp,
+            roads.span_ptr,
+            roads.span_cam,
+            roads.span_mid,
+            ctx.p_detect,
         )
+        rounds_left -= used
+        if used == 0:
+            break
+        origin, x, P, anchor = origin[src], x[src], P[src], anchor[src]
+        if status != 1:
+            break
+        sel, route_len, last_start, anchor, lw, neg, x, P = _merge_prune_arrays(
+            ctx, last_edge, route_len, last_start, anchor, lw, neg, x, P
+        )
+        origin, chain, last_edge = origin[sel], chain[sel], last_edge[sel]
+        s_arr = np.ascontiguousarray(x[:, 0])
+        sigma = np.sqrt(P[:, 0, 0])
+    if dt > 0:
+        sel, route_len, last_start, anchor, lw, neg, x, P = _merge_prune_arrays(
+            ctx, last_edge, route_len, last_start, anchor, lw, neg, x, P
+        )
+        origin, chain = origin[sel], chain[sel]
     return Hypotheses(
         t_s=t_s,
-        routes=tuple(routes),
-        route_len=np.asarray(route_len, dtype=np.float64),
-        last_start=np.asarray(last_start, dtype=np.float64),
+        routes=_extended_routes(routes, origin.tolist(), chain.tolist(), node_prev, node_edge),
+        route_len=route_len,
+        last_start=last_start,
         x=x,
         P=P,
-        lw=np.asarray(lw, dtype=np.float64),
-        neg=np.asarray(neg, dtype=np.float64),
-        anchor=np.asarray(anchor, dtype=np.float64),
+        lw=lw,
+        neg=neg,
+        anchor=anchor,
         last_camera=skip,
     )
+
+
+def _extended_routes(
+    routes: Sequence[tuple[int, ...]],
+    origin: list[int],
+    chain: list[int],
+    node_prev: IntArray,
+    node_edge: IntArray,
+) -> tuple[tuple[int, ...], ...]:
+    """The routes of hypotheses given as route ``origin[k]`` plus the edges of the chain ending
+    at node ``chain[k]`` of the tree ``node_prev``/``node_edge`` (:func:`tracking.kernels.extend_kernel`)."""
+    out: list[tuple[int, ...]] = []
+    for i, node in zip(origin, chain, strict=True):
+        if node < 0:
+            out.append(routes[i])
+            continue
+        edges: list[int] = []
+        k = node
+        while k >= 0:
+            edges.append(int(node_edge[k]))
+            k = int(node_prev[k])
+        edges.reverse()
+        out.append(routes[i] + tuple(edges))
+    return tuple(out)
 
 
 _Merged = tuple[
@@ -514,76 +594,86 @@ def _merge_prune(
         \\bar x = \\sum_i w_i x_i, \\qquad
         \\bar P = \\sum_i w_i \\left(P_i + (x_i - \\bar x)(x_i - \\bar x)^T\\right)
     """
+    key_at = -1 if key_last_edge else 0
+    keys = np.fromiter((r[key_at] for r in routes), dtype=np.int64, count=len(routes))
+    sel, _len, _last, _anchor, m_lw, _neg, new_x, new_P = _merge_prune_arrays(
+        ctx,
+        keys,
+        np.asarray(route_len, dtype=np.float64),
+        np.asarray(last_start, dtype=np.float64),
+        np.asarray(anchor, dtype=np.float64),
+        np.asarray(lw, dtype=np.float64),
+        np.asarray(neg, dtype=np.float64),
+        x,
+        P,
+    )
+    order = sel.tolist()
+    return (
+        [routes[i] for i in order],
+        [route_len[i] for i in order],
+        [last_start[i] for i in order],
+        [anchor[i] for i in order],
+        m_lw.tolist(),
+        [neg[i] for i in order],
+        new_x,
+        new_P,
+    )
+
+
+def _merge_prune_arrays(
+    ctx: Context,
+    keys: IntArray,
+    route_len: FloatArray,
+    last_start: FloatArray,
+    anchor: FloatArray,
+    lw: FloatArray,
+    neg: FloatArray,
+    x: FloatArray,
+    P: FloatArray,
+) -> tuple[IntArray, FloatArray, FloatArray, FloatArray, FloatArray, FloatArray, FloatArray, FloatArray]:
+    """:func:`_merge_prune` on arrays, hypotheses grouped by ``keys``: the input row kept for
+    each output hypothesis, then the output's ``route_len``, ``last_start``, ``anchor``, ``lw``,
+    ``neg``, ``x`` and ``P``."""
     cfg = ctx.config
-    eff = np.asarray(lw, dtype=np.float64) + np.asarray(neg, dtype=np.float64)
+    eff = lw + neg
     best = float(eff.max())
     alive = np.flatnonzero(eff >= best - _NEGLIGIBLE_LOG)
     if len(alive) > 3 * cfg.max_hypotheses:  # too many to merge one by one: keep the heaviest
         alive = np.sort(alive[np.argsort(-eff[alive], kind="stable")[: 3 * cfg.max_hypotheses]])
-    s_rel_arr = x[:, 0] - np.asarray(last_start, dtype=np.float64)
-    s_rel = s_rel_arr.tolist()
-    v = x[:, 1].tolist()
-    eff_l = eff.tolist()
-    groups: dict[int, list[int]] = {}
-    for i in alive.tolist():
-        groups.setdefault(routes[i][-1] if key_last_edge else routes[i][0], []).append(i)
-    out_idx: list[int] = []  # the member kept for each output hypothesis
-    out_lw: list[float] = []
-    merged_rows: list[tuple[int, list[int]]] = []  # (output position, members) of merged ones
-    for members in groups.values():
-        if len(members) == 1:
-            out_idx.append(members[0])
-            out_lw.append(lw[members[0]])
-            continue
-        members.sort(key=lambda j: (s_rel[j], j))
-        clusters: list[list[int]] = []
-        head = -1
-        for j in members:
-            if (
-                head >= 0
-                and s_rel[j] - s_rel[head] <= cfg.merge_distance_m
-                and abs(v[j] - v[head]) <= cfg.merge_speed_mps
-            ):
-                clusters[-1].append(j)
-                continue
-            clusters.append([j])
-            head = j
-        for cl in clusters:
-            if len(cl) == 1:
-                out_idx.append(cl[0])
-                out_lw.append(lw[cl[0]])
-                continue
-            heavy = max(cl, key=lambda j: (eff_l[j], -j))
-            top = max(eff_l[j] for j in cl)
-            total = sum(math.exp(eff_l[j] - top) for j in cl)
-            merged_rows.append((len(out_idx), cl))
-            out_idx.append(heavy)
-            out_lw.append(top + math.log(total) - neg[heavy])
-    # Prune to the heaviest ``max_hypotheses`` (ties broken by position in the list).
-    eff_out = [out_lw[k] + neg[out_idx[k]] for k in range(len(out_idx))]
-    order = sorted(range(len(out_idx)), key=lambda k: (-eff_out[k], out_idx[k]))[: cfg.max_hypotheses]
-    keep_rows = set(order)
-    idx_arr = np.asarray(out_idx, dtype=np.int64)
-    new_x = x[idx_arr]
-    new_P = P[idx_arr]
-    kept = [(pos, cl) for pos, cl in merged_rows if pos in keep_rows]
-    if kept:
-        heavy_start = [last_start[out_idx[pos]] for pos, _ in kept]
-        means, covs = _moment_match(eff, x, P, s_rel_arr, [cl for _, cl in kept], heavy_start)
-        kept_pos = np.asarray([pos for pos, _ in kept], dtype=np.int64)
-        new_x[kept_pos] = means
-        new_P[kept_pos] = covs
-    order.sort(key=lambda k: out_idx[k])
-    sel = np.asarray(order, dtype=np.int64)
+    s_rel_arr = x[:, 0] - last_start
+    # Groups by key, clusters of close members, the merged log-weights and the pruning:
+    # :func:`tracking.kernels.merge_kernel` (the loop :func:`_merge_prune` describes).
+    sel, sel_lw, merged_row, cl_ptr, cl_members = merge_kernel(
+        keys,
+        s_rel_arr,
+        np.ascontiguousarray(x[:, 1]),
+        eff,
+        lw,
+        neg,
+        alive.astype(np.int64),
+        float(cfg.merge_distance_m),
+        float(cfg.merge_speed_mps),
+        int(cfg.max_hypotheses),
+    )
+    new_x = x[sel]
+    new_P = P[sel]
+    if len(merged_row):
+        bounds = cl_ptr.tolist()
+        members = cl_members.tolist()
+        clusters = [members[bounds[c] : bounds[c + 1]] for c in range(len(bounds) - 1)]
+        heavy_start = last_start[sel[merged_row]].tolist()
+        means, covs = _moment_match(eff, x, P, s_rel_arr, clusters, heavy_start)
+        new_x[merged_row] = means
+        new_P[merged_row] = covs
     return (
-        [routes[out_idx[k]] for k in order],
-        [route_len[out_idx[k]] for k in order],
-        [last_start[out_idx[k]] for k in order],
-        [anchor[out_idx[k]] for k in order],
-        [out_lw[k] for k in order],
-        [neg[out_idx[k]] for k in order],
-        new_x[sel].reshape(-1, 2),
-        new_P[sel].reshape(-1, 2, 2),
+        sel,
+        route_len[sel],
+        last_start[sel],
+        anchor[sel],
+        sel_lw,
+        neg[sel],
+        new_x.reshape(-1, 2),
+        new_P.reshape(-1, 2, 2),
     )
 
 

@@ -35,6 +35,24 @@ class RoadIndex:
             int(e): tuple((cid, 0.5 * (a + b), a, b) for cid, a, b in spans)
             for e, spans in cameras.on_edge.items()
         }
+        # The same stretches as CSR arrays for the compiled kernels (:mod:`tracking.kernels`):
+        # those of edge ``e`` are ``span_ptr[e]:span_ptr[e + 1]``, in ``edge_spans`` order, the
+        # camera as its index in ``camera_index``.
+        self.camera_index: dict[str, int] = {}
+        counts = np.zeros(graph.n_edges + 1, dtype=np.int64)
+        for e, seen in self.edge_spans.items():
+            counts[e + 1] = len(seen)
+            for cid, _mid, _a, _b in seen:
+                self.camera_index.setdefault(cid, len(self.camera_index))
+        self.span_ptr: IntArray = np.cumsum(counts)
+        self.span_cam: IntArray = np.zeros(int(self.span_ptr[-1]), dtype=np.int64)
+        self.span_mid: FloatArray = np.zeros(int(self.span_ptr[-1]), dtype=np.float64)
+        for e, seen in self.edge_spans.items():
+            at = int(self.span_ptr[e])
+            for q, (cid, mid, _a, _b) in enumerate(seen):
+                self.span_cam[at + q] = self.camera_index[cid]
+                self.span_mid[at + q] = mid
+        self.edge_len_arr: FloatArray = np.asarray(self.edge_len, dtype=np.float64)
         # Polyline arc lengths, to place an offset on the drawn geometry.
         xy = graph.geom_xy
         seg = np.hypot(np.diff(xy[:, 0]), np.diff(xy[:, 1]))
@@ -44,12 +62,22 @@ class RoadIndex:
             self._arc[a + 1 : b] = np.cumsum(seg[a : b - 1])
         self._arc_list: list[float] = self._arc.tolist()
         self._geom_ptr: list[int] = graph.geom_ptr.tolist()
+        #: The same as arrays, for the compiled kernels.
+        self.arc: FloatArray = self._arc
+        self.geom_ptr_arr: IntArray = np.asarray(graph.geom_ptr, dtype=np.int64)
         gu, gv, glen = graph.edge_u, graph.edge_v, np.maximum(graph.edge_length_m, 1e-3)
         n = graph.n_nodes
         self.length_csr = _min_csr(gu, gv, glen, n)
         self.undirected_csr = _min_csr(
             np.concatenate([gu, gv]), np.concatenate([gv, gu]), np.tile(glen, 2), n
         )
+
+    def camera_code(self, camera_id: str | None) -> int:
+        """The index of ``camera_id`` in the kernels' span arrays (-1 for ``None`` or a camera
+        that sees no edge: it equals no span's camera)."""
+        if camera_id is None:
+            return -1
+        return self.camera_index.get(camera_id, -1)
 
     def _index(self, edge: int, offset_m: float) -> tuple[int, float]:
         """Geometry point index ``k`` (of the segment ``k, k + 1`` holding the point ``offset_m``

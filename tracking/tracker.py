@@ -19,10 +19,13 @@ For each sighting, in order:
 from __future__ import annotations
 
 import bisect
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+
+import numpy as np
 
 from map_data.errors import CameraSeesNothingError, UnknownCameraError
 from map_data.network_types import City, EdgeSpan
@@ -44,6 +47,7 @@ from tracking.hypotheses import (
     initiate_at_origin,
     propagate,
 )
+from tracking.kernels import locate_kernel
 from tracking.roads import RoadIndex
 from tracking.types import Belief, RouteProbability, Sighting, SightingFlag, TrackUpdate, WeightedPosition
 
@@ -386,7 +390,6 @@ class Tracker:
         return belief
 
     def _summarise(self, h: Hypotheses, at: datetime, step: _Step | None) -> Belief:
-        ctx = self._ctx
         roads = self.roads
         p = h.probabilities()
         positions: list[WeightedPosition] = []
@@ -394,19 +397,36 @@ class Tracker:
         lon = lat = 0.0
         sin_h = cos_h = 0.0
         driven = h.x[:, 0] - h.anchor
-        for i, route in enumerate(h.routes):
-            s = float(h.x[i, 0])
-            edge, offset, k, _start = ctx.locate(route, s)
-            pi = float(p[i])
-            positions.append(WeightedPosition(edge, offset, pi, float(h.x[i, 1])))
-            prefix = route[: k + 1]
+        # Where each hypothesis' mean is (edge, offset, index in its route) and the coordinates
+        # and bearing there: :meth:`Context.locate` and :meth:`RoadIndex.lonlat_bearing`, compiled.
+        routes_in = h.routes
+        route_ptr = np.zeros(len(routes_in) + 1, dtype=np.int64)
+        np.cumsum(np.fromiter(map(len, routes_in), dtype=np.int64, count=len(routes_in)), out=route_ptr[1:])
+        graph = roads.graph
+        located = locate_kernel(
+            route_ptr,
+            np.fromiter(itertools.chain.from_iterable(routes_in), dtype=np.int64, count=int(route_ptr[-1])),
+            np.ascontiguousarray(h.x[:, 0]),
+            roads.edge_len_arr,
+            roads.geom_ptr_arr,
+            roads.arc,
+            graph.geom_lonlat,
+            graph.geom_xy,
+        )
+        edges, offsets, ks, lons, lats, bearings = (a.tolist() for a in located)
+        p_list = p.tolist()
+        v_list = h.x[:, 1].tolist()
+        radians, sin, cos = math.radians, math.sin, math.cos
+        for i, route in enumerate(routes_in):
+            pi = p_list[i]
+            positions.append(WeightedPosition(edges[i], offsets[i], pi, v_list[i]))
+            prefix = route[: ks[i] + 1]
             routes[prefix] = routes.get(prefix, 0.0) + pi
-            ll, bearing = roads.lonlat_bearing(edge, offset)
-            lon += pi * ll.lon
-            lat += pi * ll.lat
-            b = math.radians(bearing)
-            sin_h += pi * math.sin(b)
-            cos_h += pi * math.cos(b)
+            lon += pi * lons[i]
+            lat += pi * lats[i]
+            b = radians(bearings[i])
+            sin_h += pi * sin(b)
+            cos_h += pi * cos(b)
         positions.sort(key=lambda wp: (-wp.probability, wp.edge, wp.offset_m))
         mean_d = float(p @ driven)
         var_d = float(p @ (h.P[:, 0, 0] + (driven - mean_d) ** 2))
