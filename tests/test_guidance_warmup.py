@@ -7,6 +7,7 @@ import os
 import guidance.coverage as coverage
 import guidance.planner as planner
 import guidance.prediction as prediction
+import tracking.kernels as tracking
 from guidance.warmup import warm_up_kernels
 
 KERNELS = {
@@ -27,6 +28,7 @@ KERNELS = {
         "_in_time",
     ),
     coverage: ("_greedy_kernel", "_improve_kernel", "_columns"),
+    tracking: ("route_neg_kernel", "extend_kernel", "merge_kernel", "branch_csr_kernel", "locate_kernel"),
 }
 
 
