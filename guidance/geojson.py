@@ -27,8 +27,9 @@ def _path_coordinates(graph: CompiledGraph, edges: list[int], digits: int = 6) -
     a prediction's routes and positions hold thousands of points, and rounding them one by
     one in Python was most of the GeoJSON's cost."""
     ptr = graph.geom_ptr
-    starts = ptr[edges]
-    ends = ptr[np.asarray(edges) + 1]
+    index_of = np.asarray(edges, dtype=np.int64)
+    starts = ptr[index_of]
+    ends = ptr[index_of + 1]
     counts = ends - starts
     keep = counts > 0
     starts, counts = starts[keep], counts[keep]

@@ -85,6 +85,8 @@ class PredictorConfig:
             raise GuidanceError(f"PredictorConfig.n_routes must be >= 1, got {self.n_routes}")
         if self.max_steps < 1:
             raise GuidanceError(f"PredictorConfig.max_steps must be >= 1, got {self.max_steps}")
+        if self.top_k < 0:
+            raise GuidanceError(f"PredictorConfig.top_k must be >= 0, got {self.top_k}")
         if not self.model_weights or any(w < 0 for w in self.model_weights.values()):
             raise GuidanceError("PredictorConfig.model_weights must be non-empty and non-negative")
 
@@ -556,7 +558,7 @@ def _away_hm_kernel(node_xy: FloatArray, origin: int) -> Float32Array:
     ox = node_xy[origin, 0]
     oy = node_xy[origin, 1]
     for v in range(n):
-        out[v] = np.float32(math.hypot(node_xy[v, 0] - ox, node_xy[v, 1] - oy) / 100.0)
+        out[v] = np.float32(np.hypot(node_xy[v, 0] - ox, node_xy[v, 1] - oy) / 100.0)
     return out
 
 

@@ -14,6 +14,7 @@ whose exact text must not change between versions.
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 import orjson
@@ -26,4 +27,15 @@ def dumps(value: Any) -> str:
     try:
         return orjson.dumps(value, option=_OPTIONS).decode()
     except TypeError:
-        return json.dumps(value, separators=(",", ":"))
+        return json.dumps(_strict(value), separators=(",", ":"), allow_nan=False)
+
+
+def _strict(value: Any) -> Any:
+    """``value`` with NaN and infinities as ``None`` (the fallback's JSON stays JSON)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _strict(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_strict(v) for v in value]
+    return value

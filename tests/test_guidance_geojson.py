@@ -14,6 +14,7 @@ def test_geojson_paths_equal_the_rounded_polylines_of_their_edges() -> None:
     from map_data.routing import path_lonlat
 
     graph = default_city().graph
+    assert _path_coordinates(graph, []) == path_lonlat(graph, []) == []
     rng = np.random.default_rng(3)
     for _ in range(200):
         path = [int(rng.integers(graph.n_edges))]

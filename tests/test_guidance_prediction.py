@@ -139,6 +139,8 @@ def test_bad_inputs_are_named(tee: tuple[City, EscapePredictor]) -> None:
         pred.predict(PointBelief("i", T0, (), 0))
     with pytest.raises(GuidanceError, match="unknown models"):
         EscapePredictor(city, config=PredictorConfig(model_weights={"drunk": 1.0}))
+    with pytest.raises(GuidanceError, match="top_k"):
+        PredictorConfig(top_k=-1)
 
 
 def test_geojson_is_rfc7946(tee: tuple[City, EscapePredictor]) -> None:

@@ -581,3 +581,5 @@ def test_outgoing_json_is_strict_and_takes_numpy_values() -> None:
         pass
 
     assert json.loads(dumps({"o": Odd(a=1)})) == {"o": {"a": 1}}
+    # orjson refuses integers beyond 64 bits: the standard library's fallback, still strict
+    assert json.loads(dumps({"a": 2**70, "b": [float("nan")]})) == {"a": 2**70, "b": [None]}

@@ -127,7 +127,10 @@ class BranchPriors:
 
     def csr(self) -> tuple[IntArray, IntArray, FloatArray]:
         """The priors of every arriving edge as CSR arrays ``(ptr, out_edge, log prior)`` (those of
-        ``in_edge`` are ``ptr[in_edge]:ptr[in_edge + 1]``, the values of :meth:`get`), built once."""
+        ``in_edge`` are ``ptr[in_edge]:ptr[in_edge + 1]``, the values of :meth:`get`), built once.
+        From the model's table when it has one (:class:`~tracking.behaviour.BranchTableModel`,
+        the road model); otherwise :meth:`get` is asked for every edge of the graph, once per
+        priors object (one Python call per edge)."""
         if self._csr is None:
             roads = self.roads
             graph = roads.graph

@@ -402,6 +402,8 @@ class Tracker:
         routes_in = h.routes
         route_ptr = np.zeros(len(routes_in) + 1, dtype=np.int64)
         np.cumsum(np.fromiter(map(len, routes_in), dtype=np.int64, count=len(routes_in)), out=route_ptr[1:])
+        # the kernel reads route_edges[lo] unchecked: an empty route must fail here, as locate did
+        assert bool(np.all(route_ptr[1:] > route_ptr[:-1])), "a hypothesis has an empty route"
         graph = roads.graph
         located = locate_kernel(
             route_ptr,
