@@ -52,8 +52,10 @@ def encode(message: Json) -> str:
 
 
 def _decoded(message: Json) -> Json:
-    """``message`` with :class:`Encoded` values parsed back (the tests' record of what was sent)."""
-    return {k: json.loads(v) if isinstance(v, Encoded) else v for k, v in message.items()}
+    """``message`` as the client parses it (the tests' record of what was sent): its JSON text
+    read back, :class:`Encoded` values included (tuples become lists, as on the wire)."""
+    parsed: Json = json.loads(encode(message))
+    return parsed
 
 
 class ConnectionState(enum.Enum):
