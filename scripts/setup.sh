@@ -50,6 +50,6 @@ if [ "$want_test" = 1 ]; then
   fi
 fi
 
-# Compile the core's kernels once (numba; ~20 s the first time, then cached in __pycache__), so the
+# Compile the core's kernels once (numba; ~20-35 s the first time, then cached in __pycache__), so the
 # first server start, demo or test does not pay for it.
 .venv/bin/python -c 'from guidance.warmup import warm_up_kernels; warm_up_kernels()'
