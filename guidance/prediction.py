@@ -40,6 +40,7 @@ from guidance.types import (
     GuidanceError,
     RouteSamples,
 )
+from map_data.heap import heap_pop, heap_push
 from map_data.jit import jit
 from map_data.network_types import City
 from map_data.types import BoolArray, CompiledGraph, FloatArray, IntArray
@@ -475,27 +476,7 @@ def _physical_bound_kernel(
         heap_v[size] = v
         size += 1  # all at time 0: a heap as it is
     while size > 0:
-        t = heap_t[0]
-        v = heap_v[0]
-        size -= 1
-        # Sift the last entry down from the root.
-        last_t = heap_t[size]
-        last_v = heap_v[size]
-        i = 0
-        while True:
-            c = 2 * i + 1
-            if c >= size:
-                break
-            if c + 1 < size and heap_t[c + 1] < heap_t[c]:
-                c += 1
-            if heap_t[c] < last_t:
-                heap_t[i] = heap_t[c]
-                heap_v[i] = heap_v[c]
-                i = c
-            else:
-                break
-        heap_t[i] = last_t
-        heap_v[i] = last_v
+        t, v, size = heap_pop(heap_t, heap_v, size)
         if done[v]:
             continue
         done[v] = True
@@ -506,19 +487,7 @@ def _physical_bound_kernel(
             nt = t + time_s[j]
             if nt <= limit and nt < dist[u]:
                 dist[u] = nt
-                # Sift up.
-                i = size
-                size += 1
-                while i > 0:
-                    p = (i - 1) // 2
-                    if heap_t[p] > nt:
-                        heap_t[i] = heap_t[p]
-                        heap_v[i] = heap_v[p]
-                        i = p
-                    else:
-                        break
-                heap_t[i] = nt
-                heap_v[i] = u
+                size = heap_push(heap_t, heap_v, size, nt, u)
     out = np.empty(n, dtype=np.float64)
     for v in range(n):
         b = (dist[v] + rem_min) / max_speed_factor

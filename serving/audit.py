@@ -569,14 +569,16 @@ class _SqlAuditLog:
 
     def _insert_many(
         self, cur: Any, records: Sequence[tuple[str, str, str, datetime, str | None, str | None, str, str]]
-    ) -> None:
+    ) -> tuple[int, str, str]:
         """Write checked records at the head, in order, in the caller's transaction: the head
         read once (locked where the database locks rows), then each record inserted and the
-        head moved past it (the database's guard checks every insert against the head). The
-        same rows and hashes as :meth:`_insert` one by one, a third fewer statements."""
+        head moved past it (the database's guard checks every insert against the head): for a
+        batch, a third fewer statements than one record at a time. The last record's ``(seq,
+        prev_hash, hash)`` (with no record: the head's seq and hash, twice)."""
         cur.execute(f"SELECT seq, hash FROM audit_head WHERE id = 1{self._for_update}")
         last_seq, prev_hash = cur.fetchone()
         seq, prev = int(last_seq), str(prev_hash)
+        before = prev
         insert = self._q(
             f"INSERT INTO audit_records ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0)"
         )
@@ -611,7 +613,8 @@ class _SqlAuditLog:
             )
             cur.execute(insert, row)
             cur.execute(move, (seq, digest))
-            prev = digest
+            before, prev = prev, digest
+        return seq, before, prev
 
     def _insert(
         self,
@@ -626,40 +629,7 @@ class _SqlAuditLog:
         reason: str,
     ) -> tuple[int, str, str]:
         """Write one record at the head; its ``(seq, prev_hash, hash)``."""
-        cur.execute(f"SELECT seq, hash FROM audit_head WHERE id = 1{self._for_update}")
-        last_seq, prev_hash = cur.fetchone()
-        seq = int(last_seq) + 1
-        digest = record_hash(
-            seq=seq,
-            at=at,
-            actor=actor,
-            role=role,
-            action=action,
-            incident_id=incident_id,
-            commune=commune,
-            payload_json=payload_json,
-            reason=reason,
-            prev_hash=prev_hash,
-            key=self._key,
-        )
-        cur.execute(
-            self._q(f"INSERT INTO audit_records ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0)"),
-            (
-                seq,
-                _at_text(at),
-                actor,
-                role,
-                action,
-                incident_id,
-                commune,
-                payload_json,
-                reason,
-                prev_hash,
-                digest,
-            ),
-        )
-        cur.execute(self._q("UPDATE audit_head SET seq = ?, hash = ? WHERE id = 1"), (seq, digest))
-        return seq, str(prev_hash), digest
+        return self._insert_many(cur, [(actor, role, action, at, incident_id, commune, payload_json, reason)])
 
     def records(
         self,

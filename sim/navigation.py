@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from map_data.heap import heap_pop, heap_push
 from map_data.jit import jit
 from map_data.types import BoolArray, CompiledGraph, FloatArray, IntArray
 
@@ -52,27 +53,7 @@ def _settle(
     while size > 0:
         if stop >= 0 and done[stop] and heap_t[0] > dist[stop]:
             break
-        t = heap_t[0]
-        v = heap_v[0]
-        size -= 1
-        # Pop: move the last entry to the root and sift it down.
-        last_t = heap_t[size]
-        last_v = heap_v[size]
-        i = 0
-        while True:
-            c = 2 * i + 1
-            if c >= size:
-                break
-            if c + 1 < size and heap_t[c + 1] < heap_t[c]:
-                c += 1
-            if heap_t[c] < last_t:
-                heap_t[i] = heap_t[c]
-                heap_v[i] = heap_v[c]
-                i = c
-            else:
-                break
-        heap_t[i] = last_t
-        heap_v[i] = last_v
+        t, v, size = heap_pop(heap_t, heap_v, size)
         if done[v] or t > dist[v]:
             continue
         done[v] = True
@@ -81,19 +62,7 @@ def _settle(
             nt = t + weights[k]
             if nt < dist[u]:
                 dist[u] = nt
-                # Push: sift up from the end.
-                i = size
-                size += 1
-                while i > 0:
-                    p = (i - 1) // 2
-                    if heap_t[p] > nt:
-                        heap_t[i] = heap_t[p]
-                        heap_v[i] = heap_v[p]
-                        i = p
-                    else:
-                        break
-                heap_t[i] = nt
-                heap_v[i] = u
+                size = heap_push(heap_t, heap_v, size, nt, u)
     return size
 
 
