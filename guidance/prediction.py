@@ -686,14 +686,13 @@ def first_arrivals(samples: RouteSamples, horizon_s: float) -> tuple[IntArray, I
 
 
 @jit
-def _first_arrivals_kernel(
-    nodes: IntArray, times_s: FloatArray, horizon_s: float, n_nodes: int
-) -> tuple[IntArray, IntArray, FloatArray]:
-    """:func:`first_arrivals`: times grow along a route, so a route's first visit of a node is
-    its first arrival. The arrivals, found route by route, are put in order of node, then of
-    route by two stable counting sorts."""
+def _first_visits(
+    nodes: IntArray, times_s: FloatArray, horizon_s: float, n: int
+) -> tuple[IntArray, int, IntArray]:
+    """The first arrivals within ``horizon_s``, route by route (times grow along a route, so a
+    route's first visit of a node is its first arrival): ``(found, count, route_end)``, the
+    flat indices ``k * S + s`` of the arrivals in ``found[:count]`` and each route's end in it."""
     K, S = nodes.shape
-    n = max(n_nodes, 1)
     seen = np.full(n, -1, dtype=np.int64)  # the last route that reached a node
     route_end = np.zeros(K + 1, dtype=np.int64)
     found = np.empty(K * S, dtype=np.int64)  # flat index k * S + s of each first arrival
@@ -706,18 +705,17 @@ def _first_arrivals_kernel(
                 found[count] = k * S + s
                 count += 1
         route_end[k + 1] = count
-    # By node (stable: by route within a node) ...
-    node_start = np.zeros(n + 1, dtype=np.int64)
-    for i in range(count):
-        node_start[nodes.flat[found[i]] + 1] += 1
-    for v in range(n):
-        node_start[v + 1] += node_start[v]
-    by_node = np.empty(count, dtype=np.int64)
-    for i in range(count):
-        v = nodes.flat[found[i]]
-        by_node[node_start[v]] = found[i]
-        node_start[v] += 1
-    # ... then by route (stable: by node within a route).
+    return found, count, route_end
+
+
+@jit
+def _by_route(
+    nodes: IntArray, times_s: FloatArray, by_node: IntArray, route_end: IntArray
+) -> tuple[IntArray, IntArray, FloatArray]:
+    """The arrivals ``by_node`` (flat indices in order of node, then of route) put in order of
+    route (stable: by node within a route): ``(rows, nodes, times)``."""
+    S = nodes.shape[1]
+    count = by_node.size
     fill = route_end[:-1].copy()
     rows = np.empty(count, dtype=np.int64)
     out_nodes = np.empty(count, dtype=np.int64)
@@ -731,6 +729,30 @@ def _first_arrivals_kernel(
         out_nodes[j] = nodes.flat[f]
         out_times[j] = times_s.flat[f]
     return rows, out_nodes, out_times
+
+
+@jit
+def _first_arrivals_kernel(
+    nodes: IntArray, times_s: FloatArray, horizon_s: float, n_nodes: int
+) -> tuple[IntArray, IntArray, FloatArray]:
+    """:func:`first_arrivals`: times grow along a route, so a route's first visit of a node is
+    its first arrival. The arrivals, found route by route, are put in order of node, then of
+    route by two stable counting sorts."""
+    n = max(n_nodes, 1)
+    found, count, route_end = _first_visits(nodes, times_s, horizon_s, n)
+    # By node (stable: by route within a node) ...
+    node_start = np.zeros(n + 1, dtype=np.int64)
+    for i in range(count):
+        node_start[nodes.flat[found[i]] + 1] += 1
+    for v in range(n):
+        node_start[v + 1] += node_start[v]
+    by_node = np.empty(count, dtype=np.int64)
+    for i in range(count):
+        v = nodes.flat[found[i]]
+        by_node[node_start[v]] = found[i]
+        node_start[v] += 1
+    # ... then by route (stable: by node within a route).
+    return _by_route(nodes, times_s, by_node, route_end)
 
 
 _INSERTION_RUN = 16  # a node's arrivals up to which :func:`_run_statistics` sorts by insertion
@@ -888,19 +910,8 @@ def _arrival_statistics_kernel(
     arrivals in order of node, then of route, which :func:`_first_arrivals_kernel` sorts
     them into, are the order in which :func:`_arrival_times_kernel` takes them: they are
     sorted once."""
-    K, S = nodes.shape
-    seen = np.full(n_nodes, -1, dtype=np.int64)  # the last route that reached a node
-    route_end = np.zeros(K + 1, dtype=np.int64)
-    found = np.empty(K * S, dtype=np.int64)  # flat index k * S + s of each first arrival
-    count = 0
-    for k in range(K):
-        for s in range(S):
-            v = nodes[k, s]
-            if v >= 0 and times_s[k, s] <= horizon_s and seen[v] != k:
-                seen[v] = k
-                found[count] = k * S + s
-                count += 1
-        route_end[k + 1] = count
+    S = nodes.shape[1]
+    found, count, route_end = _first_visits(nodes, times_s, horizon_s, n_nodes)
     # By node (stable: by route within a node) ...
     start = np.zeros(n_nodes + 1, dtype=np.int64)
     for i in range(count):
@@ -923,18 +934,7 @@ def _arrival_statistics_kernel(
         t_s[j] = times_s.flat[f]
         w_s[j] = w
     # ... then by route (stable: by node within a route).
-    fill = route_end[:-1].copy()
-    rows = np.empty(count, dtype=np.int64)
-    out_nodes = np.empty(count, dtype=np.int64)
-    out_times = np.empty(count, dtype=np.float64)
-    for i in range(count):
-        f = by_node[i]
-        k = f // S
-        j = fill[k]
-        fill[k] += 1
-        rows[j] = k
-        out_nodes[j] = nodes.flat[f]
-        out_times[j] = times_s.flat[f]
+    rows, out_nodes, out_times = _by_route(nodes, times_s, by_node, route_end)
     earliest, likely = _run_statistics(t_s, w_s, start, n_nodes)
     return rows, out_nodes, out_times, pass_w, earliest, likely
 
