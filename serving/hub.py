@@ -237,22 +237,28 @@ class Hub:
 
     def to_operators(self, communes: list[str] | None, message: Json) -> int:
         """Fan a message out to the consoles that see ``communes`` (a ``prediction``: those of
-        them watching its incident). The body is serialized once; each connection's ``seq`` is
-        spliced in front of it."""
+        them watching its incident; a ``plan``: in full to those, slimmed by :func:`slim_plan`
+        to the others). Each body is serialized once; each connection's ``seq`` is spliced in
+        front of it."""
         targets = [c for c in self.operators if c.state is ConnectionState.open and c.sees(communes)]
-        if message.get("type") == "prediction":  # tens of kB: only to the consoles watching it
-            incident = message.get("incident_id")
+        kind, incident = message.get("type"), message.get("incident_id")
+        if kind == "prediction":  # tens of kB: only to the consoles watching it
             targets = [c for c in targets if c.watching is None or incident in c.watching]
         if not targets:
             return 0
         body = dict(message)
         body.pop("seq", None)
         body.setdefault("sent_at", self._now())
-        text = encode(body)
+        texts: dict[bool, tuple[Json, str]] = {}  # full or not: the body and its text, made once
         for conn in targets:
+            full = kind != "plan" or conn.watching is None or incident in conn.watching
+            if full not in texts:
+                variant = body if full else slim_plan(body)
+                texts[full] = (variant, encode(variant))
+            variant, text = texts[full]
             conn.seq += 1
             if self.sent_log is not None:
-                self.sent_log.append(dict(_decoded(body), seq=conn.seq, _role=conn.role))
+                self.sent_log.append(dict(_decoded(variant), seq=conn.seq, _role=conn.role))
             try:
                 conn.queue.put_nowait(
                     f'{{"seq":{conn.seq},{text[1:]}' if len(text) > 2 else f'{{"seq":{conn.seq}}}'
@@ -341,6 +347,18 @@ class Hub:
     async def close_all(self) -> None:
         for conn in [c for group in self.crews.values() for c in group] + list(self.operators):
             await self.remove(conn)
+
+
+def slim_plan(plan: Json) -> Json:
+    """A ``plan`` message for a console not watching its incident: the suggestions without
+    their routes and turns (``detail: false``), a tenth of the size. That console lists the
+    plan and its crews' targets; it draws routes only for the incident it shows, and takes
+    them from ``GET /api/incidents/{id}/state`` when the operator selects it."""
+    return dict(
+        plan,
+        detail=False,
+        suggestions=[dict(s, route_lonlat=[], turns=[]) for s in plan.get("suggestions", ())],
+    )
 
 
 def _batched(first: str, queue: asyncio.Queue[str | None], carried: list[str | None]) -> tuple[str, int]:

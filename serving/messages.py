@@ -378,6 +378,12 @@ class PlanMsg(_ServerMessage):
     )
     holds: list[str]
     dispatch_mode: DispatchMode
+    detail: bool = Field(
+        default=True,
+        description="false: the suggestions come without their route_lonlat and turns (empty), "
+        "for a console not watching the incident (see the watch message); "
+        "GET /api/incidents/{id}/state has them in full",
+    )
 
 
 class IncidentMsg(_ServerMessage):

@@ -164,6 +164,88 @@ async def test_predictions_go_only_to_the_consoles_watching_their_incident() -> 
     assert got["none"] == ["track:A", "track:B"]
 
 
+def _plan_message(incident_id: str) -> dict[str, Any]:
+    suggestion = {
+        "suggestion_id": f"{incident_id}-s1",
+        "incident_id": incident_id,
+        "crew_id": "C1",
+        "target_node": 7,
+        "lon": 2.35,
+        "lat": 48.85,
+        "street_names": ["Rue de Rivoli"],
+        "route_lonlat": [[2.34, 48.85], [2.345, 48.851], [2.35, 48.85]],
+        "turns": [{"at_m": 120.0, "instruction": "left", "street": "Rue de Rivoli"}],
+        "crew_eta_s": 40.0,
+        "suspect_earliest_eta_s": 70.0,
+        "suspect_likely_eta_s": 90.0,
+        "margin_s": 30.0,
+        "probability_covered": 0.4,
+        "reason": "covers the likeliest route",
+        "plan_version": 3,
+        "issued_at": "2026-01-01T00:00:00+00:00",
+        "expires_at": "2026-01-01T00:02:00+00:00",
+        "state": "sent",
+    }
+    return {
+        "type": "plan",
+        "incident_id": incident_id,
+        "version": 3,
+        "at": "2026-01-01T00:00:00+00:00",
+        "coverage_probability": 0.4,
+        "suggestion_ids": [suggestion["suggestion_id"]],
+        "suggestions": [suggestion],
+        "ended": [],
+        "holds": [],
+        "dispatch_mode": "direct",
+    }
+
+
+async def test_plans_reach_unwatching_consoles_without_routes() -> None:
+    """A console gets a plan in full for the incidents it watches (or when it watches all), and
+    without the suggestions' routes and turns (``detail: false``) for the others; both are
+    valid ``plan`` messages and say the same otherwise."""
+    got: dict[str, list[dict[str, Any]]] = {"all": [], "a": [], "none": []}
+
+    def sender(name: str) -> Any:
+        async def send(text: str) -> None:
+            frame = json.loads(text)
+            got[name].extend(frame if isinstance(frame, list) else [frame])
+
+        return send
+
+    async def close(code: int, reason: str) -> None:
+        return None
+
+    hub = Hub(now=lambda: "2026-01-01T00:00:00+00:00")
+    conns = {name: hub.add(role="operator", subject=name, send=sender(name), close=close) for name in got}
+    conns["a"].watching = frozenset({"A"})
+    conns["none"].watching = frozenset()
+    for incident in ("A", "B"):
+        hub.to_operators(None, _plan_message(incident))
+    for _ in range(5):
+        await asyncio.sleep(0)
+    await hub.close_all()
+
+    def detail(message: dict[str, Any]) -> tuple[bool, int, int]:
+        parsed = m.operator_server_adapter.validate_python(message)
+        assert isinstance(parsed, m.PlanMsg)
+        s = parsed.suggestions[0]
+        return parsed.detail, len(s.route_lonlat), len(s.turns)
+
+    assert [detail(x) for x in got["all"]] == [(True, 3, 1), (True, 3, 1)]
+    assert [detail(x) for x in got["a"]] == [(True, 3, 1), (False, 0, 0)]
+    assert [detail(x) for x in got["none"]] == [(False, 0, 0), (False, 0, 0)]
+    # the slim plan says everything else the full one says
+    full, slim = got["all"][1], got["a"][1]
+    assert {k: v for k, v in slim.items() if k not in ("seq", "detail", "suggestions")} == {
+        k: v for k, v in full.items() if k not in ("seq", "suggestions")
+    }
+    keep = {k: v for k, v in full["suggestions"][0].items() if k not in ("route_lonlat", "turns")}
+    assert {k: v for k, v in slim["suggestions"][0].items() if k not in ("route_lonlat", "turns")} == keep
+    # each console's stream stays gapless
+    assert [x["seq"] for x in got["a"]] == [1, 2] and [x["seq"] for x in got["none"]] == [1, 2]
+
+
 def test_watch_message_is_an_operator_client_message() -> None:
     msg = m.operator_client_adapter.validate_json('{"type": "watch", "incident_ids": ["A"]}')
     assert isinstance(msg, m.WatchMsg) and msg.incident_ids == ["A"]

@@ -403,6 +403,70 @@ def _post_sightings(server: Server, token: str, incident_id: str, cameras: tuple
         assert response.status_code == 202, response.text
 
 
+def test_the_console_draws_the_routes_of_the_incident_it_shows_after_slim_plans(
+    server: Server, browser: Any
+) -> None:
+    """Plans of incidents a console does not watch come without routes (``detail: false``);
+    when the operator selects such an incident, the console fetches its state and draws its
+    crews' routes."""
+    errors: list[str] = []
+    x0, y0, x1, y1 = _city_box(server)
+    first, second = _camera_pair(server, (x0 + 0.75 * (x1 - x0), y0 + 0.3 * (y1 - y0)))
+    _only_free(
+        server,
+        {
+            "PS-31": _offset(server.cameras[first], 600, 400),
+            "PS-32": _offset(server.cameras[first], -550, -450),
+        },
+    )
+    desk = browser.new_context(viewport=DESK)
+    console = desk.new_page()
+    _watch_errors(console, errors)
+    console.goto(f"{server.url}/console?token={server.token('operator')}")
+    console.wait_for_selector('[data-testid="link-state"][data-state="online"]', timeout=WAIT_MS)
+    operator = server.token("operator")
+    shown, chased = (f"INC-SLIM-{name}-{uuid.uuid4().hex[:6]}" for name in ("A", "B"))
+    auth = {"Authorization": f"Bearer {operator}"}
+    lon, lat = server.cameras[first]
+
+    def open_incident(incident_id: str) -> None:
+        response = server.client.post(
+            "/api/incidents", json={"incident_id": incident_id, "lon": lon, "lat": lat}, headers=auth
+        )
+        assert response.status_code == 201, response.text
+
+    # The operator shows another incident (closed: it holds no crew) while the suspect of
+    # ``chased`` is handed off.
+    open_incident(shown)
+    response = server.client.post(f"/api/incidents/{shown}/close", headers=auth)
+    assert response.status_code == 200, response.text
+    console.click(f'[data-testid="incident-{shown}"] [data-act="select"]')
+    console.wait_for_selector(f'[data-testid="incident-{shown}"].selected', timeout=WAIT_MS)
+    time.sleep(0.5)  # the console's watch message reaches the server before the plan
+    open_incident(chased)
+    _post_sightings(server, operator, chased, (first, second))
+    routes_of = (
+        "(id) => { const p = window.cordonConsole.state.plans.get(id);"
+        " if (!p) return [];"
+        " return p.suggestion_ids.map((s) => (window.cordonConsole.state.suggestions.get(s)"
+        "?.route_lonlat || []).length); }"
+    )
+    try:
+        console.wait_for_function(f"({routes_of})({json.dumps(chased)}).length > 0", timeout=WAIT_MS)
+    except playwright_sync.TimeoutError:
+        pytest.fail(f"no suggestion for {chased}; console state: {_console_state(console)}")
+    slim = console.evaluate(f"({routes_of})({json.dumps(chased)})")
+    assert all(n == 0 for n in slim), f"the unwatched incident's plan came with routes: {slim}"
+    drawn = "document.querySelectorAll('.leaflet-routes-pane path').length"
+
+    # The operator selects it: its routes come from its state and are drawn.
+    console.click(f'[data-testid="incident-{chased}"] [data-act="select"]')
+    console.wait_for_function(f"({routes_of})({json.dumps(chased)}).some((n) => n > 0)", timeout=WAIT_MS)
+    console.wait_for_function(f"{drawn} >= 1", timeout=WAIT_MS)
+    assert not errors, errors
+    desk.close()
+
+
 def test_a_dropped_link_keeps_the_plan_marked_stale_and_resumes_with_what_was_missed(
     server: Server, browser: Any, shots: Path
 ) -> None:

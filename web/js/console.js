@@ -158,8 +158,15 @@ function handleMessage(message) {
       break;
     case "plan": {
       state.plans.set(message.incident_id, message);
-      // The plan carries its suggestions (with their states) and the ids no longer in force.
-      for (const s of message.suggestions || []) state.suggestions.set(s.suggestion_id, s);
+      // The plan carries its suggestions (with their states) and the ids no longer in force;
+      // without their routes (detail: false) when this console does not watch the incident.
+      const slim = message.detail === false;
+      for (const s of message.suggestions || []) {
+        const known = state.suggestions.get(s.suggestion_id);
+        state.suggestions.set(s.suggestion_id, slim && known ? { ...s, route_lonlat: known.route_lonlat, turns: known.turns } : s);
+      }
+      // sent before the server had our watch of the selected incident: fetch the routes
+      if (slim && message.incident_id === state.selected) loadIncidentState(message.incident_id);
       for (const id of message.ended || []) { const s = state.suggestions.get(id); if (s && !FINAL_STATES.has(s.state)) s.state = "superseded"; }
       const holds = message.holds?.length ? `, ${message.holds.length} en attente` : "";
       addTimeline(message.at, message.incident_id, "plan", `Plan v${message.version} : ${message.suggestion_ids.length} point(s), couverture ${Math.round(100 * message.coverage_probability)} %${holds}`);
@@ -249,6 +256,12 @@ async function loadIncidentState(incidentId) {
       state.predictions.set(incidentId, { at: track?.at ?? null, geojson: view.prediction });
     }
     if (view.plan && !state.plans.has(incidentId)) state.plans.set(incidentId, view.plan);
+    // the routes of the incident's suggestions (plans of unwatched incidents come without them)
+    for (const s of view.plan?.suggestions || []) {
+      const known = state.suggestions.get(s.suggestion_id);
+      if (!known) state.suggestions.set(s.suggestion_id, s);
+      else if (!known.route_lonlat?.length) Object.assign(known, { route_lonlat: s.route_lonlat, turns: s.turns });
+    }
     scheduleRender();
   } catch (error) {
     if (error.status !== 404) console.warn("cordon: incident state", error);
