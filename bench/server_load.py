@@ -489,6 +489,9 @@ async def main_async(args: argparse.Namespace, *, stub: bool) -> dict[str, Any]:
             for key, t_post in phase.posted.items():
                 if key in first:
                     phase.latencies_ms.append((first[key] - t_post) * 1000.0)
+        if samples_path := os.environ.get("CORDON_BENCH_SAMPLES"):  # each sighting's times, to study the tail
+            with open(samples_path, "w") as out:
+                json.dump({"posted": load.posted, "first_suggestion": first}, out)
         for t in tablets:
             await t.close()
         for c in consoles:

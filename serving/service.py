@@ -589,7 +589,7 @@ class DispatchService:
                 return info
             info["closed_at"] = self.now().isoformat()
             await self.state.put_incident(info)
-            for s in await self.state.incident_suggestions(incident_id):
+            for s in await self.state.open_suggestions(incident_id):
                 if s["state"] in ACTIVE:
                     await self._retract(s, "incident closed")
             if incident_id in self._applied:
@@ -906,7 +906,7 @@ class DispatchService:
         missing = sorted(
             (
                 s
-                for s in await self.state.incident_suggestions(incident_id)
+                for s in await self.state.open_suggestions(incident_id)
                 if s["state"] == "declined" and (s["crew_id"], int(s["target_node"])) not in given
             ),
             key=lambda s: (str(s.get("_declined_at") or ""), s["suggestion_id"]),
@@ -1125,11 +1125,7 @@ class DispatchService:
         incident, outside the crew stream (no ``seq``: latest state, not history). One event
         per message for all those crews: each worker serializes it once for all its tablets."""
         crews = sorted(
-            {
-                s["crew_id"]
-                for s in await self.state.incident_suggestions(incident_id)
-                if s["state"] in DELIVERED
-            }
+            {s["crew_id"] for s in await self.state.open_suggestions(incident_id) if s["state"] in DELIVERED}
         )
         if not crews:
             return
@@ -1166,9 +1162,7 @@ class DispatchService:
         communes = self.communes_of(info)
         mode = await self._mode(info)
         current = {
-            s["crew_id"]: s
-            for s in await self.state.incident_suggestions(incident_id)
-            if s["state"] in ACTIVE
+            s["crew_id"]: s for s in await self.state.open_suggestions(incident_id) if s["state"] in ACTIVE
         }
         planned: set[str] = set()
         bodies: dict[str, Json] = {}  # the plan's suggestions as the operator sees them
@@ -1355,22 +1349,28 @@ class DispatchService:
         now = self.now()
         return [
             _public(s)
-            for s in await self.state.suggestions()
+            for s in await self._open_suggestions(await self.state.incidents())
             if s["crew_id"] == crew_id
             and s["state"] in DELIVERED
             and datetime.fromisoformat(s["expires_at"]) > now
         ]
 
+    async def _open_suggestions(self, incidents: Sequence[Json]) -> list[Json]:
+        """The open suggestions of ``incidents`` (a closed incident has none): a snapshot reads
+        these, never every suggestion the server has kept."""
+        out: list[Json] = []
+        for info in incidents:
+            if not info.get("closed_at"):
+                out.extend(await self.state.open_suggestions(info["incident_id"]))
+        return out
+
     async def operator_snapshot(self, actor: Actor) -> Json:
         now = self.now()
         incidents = [i for i in await self.state.incidents() if self._visible(actor, self.communes_of(i))]
-        ids = {i["incident_id"] for i in incidents}
         suggestions = [
             _public(s)
-            for s in await self.state.suggestions()
-            if s["incident_id"] in ids
-            and s["state"] in ACTIVE
-            and datetime.fromisoformat(s["expires_at"]) > now
+            for s in await self._open_suggestions(incidents)
+            if s["state"] in ACTIVE and datetime.fromisoformat(s["expires_at"]) > now
         ]
         crews = [
             _public_crew(c)
@@ -1510,7 +1510,7 @@ class DispatchService:
             await self._sync(info)
             if self._applied.get(incident_id, 0) == 0 and not info.get("_origin"):
                 return False  # nothing to plan from yet
-            active = [s for s in await self.state.incident_suggestions(incident_id) if s["state"] in ACTIVE]
+            active = [s for s in await self.state.open_suggestions(incident_id) if s["state"] in ACTIVE]
             if skip_unchanged and any(s.get("_modified") for s in active):
                 return False
             await self._sync_crews(at)
@@ -1745,7 +1745,7 @@ class DispatchService:
                     },
                 }
             )
-        for s in await self.state.incident_suggestions(incident_id):
+        for s in await self.state.open_suggestions(incident_id):
             if s["state"] not in ACTIVE:
                 continue
             if datetime.fromisoformat(s["expires_at"]) <= now:

@@ -25,6 +25,20 @@ Json = dict[str, Any]
 #: How many messages per crew are kept for resume; an older ``last_seq`` gets a fresh snapshot.
 CREW_LOG_LENGTH = 200
 
+#: Suggestion states after which nothing acts on a suggestion any more: kept (for a late
+#: decision's precise answer) without their route and turns, and out of the open index.
+ENDED_STATES = frozenset({"superseded", "retracted", "expired"})
+
+
+def _kept(suggestion: Json) -> Json:
+    """What the live state keeps of a suggestion: all of it while it may still be acted on;
+    without its route and turns once it has ended (the audit trail keeps them). An incident
+    re-planned every few seconds for hours ends thousands of suggestions, each with a route of
+    hundreds of points: kept whole they were most of the server's memory."""
+    if suggestion.get("state") in ENDED_STATES:
+        return dict(suggestion, route_lonlat=[], turns=[])
+    return suggestion
+
 
 class StateStore(Protocol):
     name: str
@@ -61,10 +75,13 @@ class StateStore(Protocol):
 
     async def get_suggestion(self, suggestion_id: str) -> Json | None: ...
 
-    async def suggestions(self) -> list[Json]: ...
-
     async def incident_suggestions(self, incident_id: str) -> list[Json]:
-        """Every suggestion of one incident (any state)."""
+        """Every suggestion of one incident (any state; the ended ones without their routes)."""
+        ...
+
+    async def open_suggestions(self, incident_id: str) -> list[Json]:
+        """The incident's suggestions not yet ended (not in :data:`ENDED_STATES`): what the
+        re-plans, declines and pushes look at, without scanning the ended ones."""
         ...
 
     async def put_view(self, incident_id: str, view: Json) -> None:
@@ -115,6 +132,7 @@ class MemoryState:
         self._status_version = 0
         self._suggestions: dict[str, Json] = {}
         self._by_incident: dict[str, dict[str, Json]] = defaultdict(dict)
+        self._open: dict[str, dict[str, Json]] = defaultdict(dict)
         self._views: dict[str, Json] = {}
         self._modes: dict[str, str] = {}
         self._crew_seq: dict[str, int] = defaultdict(int)
@@ -163,17 +181,23 @@ class MemoryState:
         return list(self._crews.values())
 
     async def put_suggestion(self, suggestion: Json) -> None:
-        self._suggestions[suggestion["suggestion_id"]] = suggestion
-        self._by_incident[suggestion["incident_id"]][suggestion["suggestion_id"]] = suggestion
+        kept = _kept(suggestion)
+        suggestion_id, incident_id = suggestion["suggestion_id"], suggestion["incident_id"]
+        self._suggestions[suggestion_id] = kept
+        self._by_incident[incident_id][suggestion_id] = kept
+        if kept is suggestion:
+            self._open[incident_id][suggestion_id] = kept
+        else:
+            self._open[incident_id].pop(suggestion_id, None)
 
     async def incident_suggestions(self, incident_id: str) -> list[Json]:
         return list(self._by_incident.get(incident_id, {}).values())
 
+    async def open_suggestions(self, incident_id: str) -> list[Json]:
+        return list(self._open.get(incident_id, {}).values())
+
     async def get_suggestion(self, suggestion_id: str) -> Json | None:
         return self._suggestions.get(suggestion_id)
-
-    async def suggestions(self) -> list[Json]:
-        return list(self._suggestions.values())
 
     async def put_view(self, incident_id: str, view: Json) -> None:
         self._views[incident_id] = view
@@ -205,6 +229,7 @@ class MemoryState:
         rows = 1 + len(self._logs.pop(incident_id, []))
         for suggestion_id in self._by_incident.pop(incident_id, {}):
             rows += self._suggestions.pop(suggestion_id, None) is not None
+        self._open.pop(incident_id, None)
         rows += self._views.pop(incident_id, None) is not None
         return rows
 
@@ -315,20 +340,26 @@ class RedisState:
         return await self._hall("crews")
 
     async def put_suggestion(self, suggestion: Json) -> None:
-        raw = json.dumps(suggestion)
+        kept = _kept(suggestion)
+        suggestion_id, incident_id = suggestion["suggestion_id"], suggestion["incident_id"]
+        raw = json.dumps(kept)
         pipe = self.client.pipeline(transaction=True)
-        pipe.hset(self._k("suggestions"), suggestion["suggestion_id"], raw)
-        pipe.hset(self._k("isugg", suggestion["incident_id"]), suggestion["suggestion_id"], raw)
+        pipe.hset(self._k("suggestions"), suggestion_id, raw)
+        pipe.hset(self._k("isugg", incident_id), suggestion_id, raw)
+        if kept is suggestion:
+            pipe.hset(self._k("iopen", incident_id), suggestion_id, raw)
+        else:
+            pipe.hdel(self._k("iopen", incident_id), suggestion_id)
         await pipe.execute()
 
     async def incident_suggestions(self, incident_id: str) -> list[Json]:
         return await self._hall(f"isugg:{incident_id}")
 
+    async def open_suggestions(self, incident_id: str) -> list[Json]:
+        return await self._hall(f"iopen:{incident_id}")
+
     async def get_suggestion(self, suggestion_id: str) -> Json | None:
         return await self._hget("suggestions", suggestion_id)
-
-    async def suggestions(self) -> list[Json]:
-        return await self._hall("suggestions")
 
     async def put_view(self, incident_id: str, view: Json) -> None:
         await self._hput("views", incident_id, view)
@@ -349,7 +380,7 @@ class RedisState:
         pipe.hdel(self._k("views"), incident_id)
         if ids:
             pipe.hdel(self._k("suggestions"), *ids)
-        pipe.delete(self._k("isugg", incident_id), self._k("log", incident_id))
+        pipe.delete(self._k("isugg", incident_id), self._k("iopen", incident_id), self._k("log", incident_id))
         await pipe.execute()
         return 1 + n_log + len(ids) + 1
 

@@ -325,3 +325,55 @@ async def test_redis_restart_under_load(tmp_path: Path) -> None:
             await op.aclose()
     finally:
         rp.stop()
+
+
+async def _check_open_index(state: Any) -> None:
+    """The open index follows each suggestion's state; an ended suggestion is kept without its
+    route and turns, and a purge drops both."""
+    from serving.state import ENDED_STATES
+
+    def body(n: int, state_name: str) -> dict[str, Any]:
+        return {
+            "suggestion_id": f"INC-1:{n}:C{n}",
+            "incident_id": "INC-1",
+            "crew_id": f"C{n}",
+            "route_lonlat": [[6.17, 49.11], [6.18, 49.12]],
+            "turns": ["Prendre Rue Serpenoise"],
+            "street_names": ["Rue Serpenoise"],
+            "state": state_name,
+        }
+
+    await state.put_incident({"incident_id": "INC-1", "communes": []})
+    for n, name in enumerate(["sent", "pending_approval", "accepted", "declined"]):
+        await state.put_suggestion(body(n, name))
+    assert sorted(s["crew_id"] for s in await state.open_suggestions("INC-1")) == ["C0", "C1", "C2", "C3"]
+    for n, name in ((0, "superseded"), (1, "retracted"), (2, "expired")):
+        await state.put_suggestion(body(n, name))
+    assert [s["crew_id"] for s in await state.open_suggestions("INC-1")] == ["C3"]
+    kept = {s["crew_id"]: s for s in await state.incident_suggestions("INC-1")}
+    assert len(kept) == 4
+    for crew_id in ("C0", "C1", "C2"):
+        assert kept[crew_id]["state"] in ENDED_STATES
+        assert kept[crew_id]["route_lonlat"] == [] and kept[crew_id]["turns"] == []
+        assert kept[crew_id]["street_names"] == ["Rue Serpenoise"]
+        assert await state.get_suggestion(f"INC-1:{crew_id[1:]}:{crew_id}") == kept[crew_id]
+    assert kept["C3"]["route_lonlat"] == [[6.17, 49.11], [6.18, 49.12]]
+    assert await state.open_suggestions("INC-2") == []
+    assert await state.drop_incident("INC-1") > 0
+    assert await state.open_suggestions("INC-1") == [] and await state.incident_suggestions("INC-1") == []
+
+
+async def test_open_suggestions_index_in_memory() -> None:
+    from serving.state import MemoryState
+
+    await _check_open_index(MemoryState())
+
+
+async def test_open_suggestions_index_in_redis(redis_proc: RedisProcess) -> None:
+    from serving.state import RedisState
+
+    state = RedisState.from_url(redis_proc.url, prefix="test-open")
+    try:
+        await _check_open_index(state)
+    finally:
+        await state.close()
