@@ -65,3 +65,43 @@ async def test_a_stopped_app_restores_the_collectors_thresholds() -> None:
     async with running_server():
         assert gc.get_threshold() == GC_THRESHOLDS
     assert gc.get_threshold() == before
+
+
+async def test_the_memory_state_keeps_what_piles_up_out_of_the_collectors_reach() -> None:
+    """Ended suggestions and the crews' resume logs pile up by the hundred thousand under load:
+    the in-memory state keeps them as text, so they add nothing a full collection traverses;
+    they read back as they were."""
+    from serving.state import MemoryState
+
+    state = MemoryState()
+    route = tuple((6.17 + i * 1e-4, 49.11) for i in range(50))
+
+    def body(n: int, name: str) -> dict[str, object]:
+        return {
+            "suggestion_id": f"INC-1:{n}:C{n % 30}",
+            "incident_id": "INC-1",
+            "crew_id": f"C{n % 30}",
+            "route_lonlat": route,
+            "turns": ("Prendre Rue Serpenoise",),
+            "reason": "couvre le carrefour",
+            "state": name,
+            "_communes": ["Metz"],
+        }
+
+    gc.collect()
+    before = len(gc.get_objects())
+    for n in range(2000):
+        await state.put_suggestion(body(n, "sent"))
+        await state.put_suggestion(body(n, "superseded"))
+        await state.crew_append(f"C{n % 30}", {"type": "suggestion", "suggestion": body(n, "sent")})
+    gc.collect()
+    grown = len(gc.get_objects()) - before
+    assert grown < 200, f"{grown} more objects for the collector to traverse"
+    ended = await state.get_suggestion("INC-1:7:C7")
+    assert ended is not None and ended["state"] == "superseded" and ended["route_lonlat"] == []
+    assert ended["_communes"] == ["Metz"] and ended["reason"] == "couvre le carrefour"
+    since = await state.crew_since("C7", 64)
+    assert since is not None
+    current, missing = since
+    assert current == 2000 // 30 + 1 and [m["seq"] for m in missing] == list(range(65, current + 1))
+    assert missing[-1]["suggestion"]["route_lonlat"] == [list(p) for p in route]

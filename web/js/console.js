@@ -167,7 +167,9 @@ function handleMessage(message) {
       }
       // sent before the server had our watch of the selected incident: fetch the routes
       if (slim && message.incident_id === state.selected) loadIncidentState(message.incident_id);
-      for (const id of message.ended || []) { const s = state.suggestions.get(id); if (s && !FINAL_STATES.has(s.state)) s.state = "superseded"; }
+      // a superseded suggestion is forgotten (an incident re-planned for hours ends thousands);
+      // declined and retracted ones stay in the incident's list
+      for (const id of message.ended || []) { const s = state.suggestions.get(id); if (s && !FINAL_STATES.has(s.state)) state.suggestions.delete(id); }
       const holds = message.holds?.length ? `, ${message.holds.length} en attente` : "";
       addTimeline(message.at, message.incident_id, "plan", `Plan v${message.version} : ${message.suggestion_ids.length} point(s), couverture ${Math.round(100 * message.coverage_probability)} %${holds}`);
       break;
