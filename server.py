@@ -356,7 +356,9 @@ def create_app(
         state: StateStore
         bus: Bus
         if config.redis_url:
-            state = RedisState.from_url(config.redis_url, prefix=config.redis_prefix)
+            redis_state = RedisState.from_url(config.redis_url, prefix=config.redis_prefix)
+            await redis_state.index_open_suggestions()  # state written before the open index
+            state = redis_state
             bus = RedisBus.from_url(config.redis_url, consumer=config.worker_id, prefix=config.redis_prefix)
             bus.claim_idle_ms = config.claim_idle_ms
         else:

@@ -379,6 +379,23 @@ class RedisState:
     async def open_suggestions(self, incident_id: str) -> list[Json]:
         return await self._hall(f"iopen:{incident_id}")
 
+    async def index_open_suggestions(self) -> int:
+        """Build the open index (``iopen:{incident}``) of incidents that have suggestions but no
+        index: state written by a version without it, which a new worker must not take for an
+        incident with no suggestion in force. Run at each worker's start (it matters at the first
+        start after an upgrade); idempotent; returns how many incidents it indexed."""
+        done = 0
+        for info in await self.incidents():
+            incident_id = info["incident_id"]
+            if await self.client.exists(self._k("iopen", incident_id)):
+                continue
+            raw: Any = await self.client.hgetall(self._k("isugg", incident_id))
+            live: Any = {k: v for k, v in raw.items() if _loads(v).get("state") not in ENDED_STATES}
+            if live:
+                await self.client.hset(self._k("iopen", incident_id), mapping=live)
+                done += 1
+        return done
+
     async def get_suggestion(self, suggestion_id: str) -> Json | None:
         return await self._hget("suggestions", suggestion_id)
 

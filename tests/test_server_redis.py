@@ -377,3 +377,24 @@ async def test_open_suggestions_index_in_redis(redis_proc: RedisProcess) -> None
         await _check_open_index(state)
     finally:
         await state.close()
+
+
+async def test_a_worker_indexes_the_open_suggestions_of_state_written_without_the_index(
+    redis_proc: RedisProcess,
+) -> None:
+    """State written before the open index existed (suggestions only in ``isugg``): a worker
+    builds the index at start, so it still sees the suggestions in force."""
+    from serving.state import RedisState
+
+    state = RedisState.from_url(redis_proc.url, prefix="test-upgrade")
+    try:
+        await state.put_incident({"incident_id": "INC-9"})
+        for n, name in enumerate(["sent", "superseded", "accepted"]):
+            body = {"suggestion_id": f"INC-9:{n}", "incident_id": "INC-9", "crew_id": f"C{n}", "state": name}
+            await state.client.hset("test-upgrade:isugg:INC-9", body["suggestion_id"], json.dumps(body))
+        assert await state.open_suggestions("INC-9") == []
+        assert await state.index_open_suggestions() == 1
+        assert sorted(s["crew_id"] for s in await state.open_suggestions("INC-9")) == ["C0", "C2"]
+        assert await state.index_open_suggestions() == 0  # already indexed
+    finally:
+        await state.close()
