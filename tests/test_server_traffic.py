@@ -134,15 +134,15 @@ def test_crews_prediction_keeps_the_routes_and_the_likely_crossings_only() -> No
     assert len(geojson["features"]) == len(probabilities) + 1  # the original is kept
 
 
-async def test_predictions_go_only_to_the_consoles_watching_their_incident() -> None:
-    got: dict[str, list[str]] = {"all": [], "a": [], "none": []}
+def _three_consoles() -> tuple[Hub, dict[str, list[dict[str, Any]]]]:
+    """A hub with three consoles: ``all`` watching every incident (the default), ``a`` watching
+    incident A, ``none`` watching none; and the messages each receives, in order."""
+    got: dict[str, list[dict[str, Any]]] = {"all": [], "a": [], "none": []}
 
     def sender(name: str) -> Any:
         async def send(text: str) -> None:
             frame = json.loads(text)
-            got[name].extend(
-                f"{m['type']}:{m['incident_id']}" for m in (frame if isinstance(frame, list) else [frame])
-            )
+            got[name].extend(frame if isinstance(frame, list) else [frame])
 
         return send
 
@@ -153,12 +153,22 @@ async def test_predictions_go_only_to_the_consoles_watching_their_incident() -> 
     conns = {name: hub.add(role="operator", subject=name, send=sender(name), close=close) for name in got}
     conns["a"].watching = frozenset({"A"})
     conns["none"].watching = frozenset()
-    for incident in ("A", "B"):
-        hub.to_operators(None, {"type": "prediction", "incident_id": incident, "geojson": {}})
-        hub.to_operators(None, {"type": "track", "incident_id": incident})
+    return hub, got
+
+
+async def _drained(hub: Hub) -> None:
     for _ in range(5):
         await asyncio.sleep(0)
     await hub.close_all()
+
+
+async def test_predictions_go_only_to_the_consoles_watching_their_incident() -> None:
+    hub, received = _three_consoles()
+    for incident in ("A", "B"):
+        hub.to_operators(None, {"type": "prediction", "incident_id": incident, "geojson": {}})
+        hub.to_operators(None, {"type": "track", "incident_id": incident})
+    await _drained(hub)
+    got = {name: [f"{m['type']}:{m['incident_id']}" for m in messages] for name, messages in received.items()}
     assert got["all"] == ["prediction:A", "track:A", "prediction:B", "track:B"]
     assert got["a"] == ["prediction:A", "track:A", "track:B"]
     assert got["none"] == ["track:A", "track:B"]
@@ -204,27 +214,10 @@ async def test_plans_reach_unwatching_consoles_without_routes() -> None:
     """A console gets a plan in full for the incidents it watches (or when it watches all), and
     without the suggestions' routes and turns (``detail: false``) for the others; both are
     valid ``plan`` messages and say the same otherwise."""
-    got: dict[str, list[dict[str, Any]]] = {"all": [], "a": [], "none": []}
-
-    def sender(name: str) -> Any:
-        async def send(text: str) -> None:
-            frame = json.loads(text)
-            got[name].extend(frame if isinstance(frame, list) else [frame])
-
-        return send
-
-    async def close(code: int, reason: str) -> None:
-        return None
-
-    hub = Hub(now=lambda: "2026-01-01T00:00:00+00:00")
-    conns = {name: hub.add(role="operator", subject=name, send=sender(name), close=close) for name in got}
-    conns["a"].watching = frozenset({"A"})
-    conns["none"].watching = frozenset()
+    hub, got = _three_consoles()
     for incident in ("A", "B"):
         hub.to_operators(None, _plan_message(incident))
-    for _ in range(5):
-        await asyncio.sleep(0)
-    await hub.close_all()
+    await _drained(hub)
 
     def detail(message: dict[str, Any]) -> tuple[bool, int, int]:
         parsed = m.operator_server_adapter.validate_python(message)
