@@ -1051,9 +1051,17 @@ async def _purge_periodically(retention: Any, clock: Clock, every_s: float) -> N
     a minute after start (or ``every_s`` if shorter), then every ``every_s``."""
     await asyncio.sleep(min(every_s, 60.0))
     while True:
+        running = asyncio.ensure_future(asyncio.to_thread(retention.purge, clock.now()))
         try:
-            report = await asyncio.to_thread(retention.purge, clock.now())
+            report = await asyncio.shield(running)
             log.info("retention purge: %d audit records tombstoned", report.tombstoned())
+        except asyncio.CancelledError:
+            # Stopping: the thread cannot be interrupted; the audit log is closed after this
+            # task ends, so let the purge finish first (closing a SQLite connection another
+            # thread is committing on can crash the process).
+            with contextlib.suppress(Exception):
+                await running
+            raise
         except Exception:
             log.exception("retention purge failed")
         await asyncio.sleep(every_s)

@@ -531,7 +531,9 @@ class OperatorSightingMsg(_Model):
 class WatchMsg(_Model):
     """The incidents whose ``prediction`` messages this console wants (its map draws the
     selected incident's): ``null`` for every incident (the default of a new connection), ``[]``
-    for none. Every other message still comes for every incident of the operator's communes."""
+    for none. Every other message still comes for every incident of the operator's communes;
+    the ``plan`` of an incident not watched comes without its suggestions' routes and turns
+    (``detail: false``)."""
 
     type: Literal["watch"]
     incident_ids: Annotated[list[Identifier], Field(max_length=100)] | None

@@ -287,6 +287,24 @@ return out
 """
 
 
+# Atomically, for one incident without an open index: index its suggestions not yet ended.
+_INDEX_OPEN = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+local all = redis.call('HGETALL', KEYS[2])
+local ended = {}
+for i = 1, #ARGV do ended[ARGV[i]] = true end
+local n = 0
+for i = 1, #all, 2 do
+  local s = cjson.decode(all[i + 1])
+  if not ended[s['state']] then
+    redis.call('HSET', KEYS[1], all[i], all[i + 1])
+    n = n + 1
+  end
+end
+return n
+"""
+
+
 class RedisState:
     """State in Redis, shared by every server process of one CSU. Keys are prefixed ``{prefix}:``."""
 
@@ -299,6 +317,7 @@ class RedisState:
         #: A crashed worker's lock on an incident frees itself after this long.
         self.lock_timeout_s = 10.0
         self._crew_append = client.register_script(_CREW_APPEND)
+        self._index_open = client.register_script(_INDEX_OPEN)
 
     @classmethod
     def from_url(cls, url: str, *, prefix: str = "cordon") -> RedisState:
@@ -380,20 +399,22 @@ class RedisState:
         return await self._hall(f"iopen:{incident_id}")
 
     async def index_open_suggestions(self) -> int:
-        """Build the open index (``iopen:{incident}``) of incidents that have suggestions but no
-        index: state written by a version without it, which a new worker must not take for an
-        incident with no suggestion in force. Run at each worker's start (it matters at the first
-        start after an upgrade); idempotent; returns how many incidents it indexed."""
+        """Build the open index (``iopen:{incident}``) of state written by a version without it,
+        which a new worker must not take for incidents with no suggestion in force: once per
+        Redis (a marker key says it was done), each incident in one script (no other worker's
+        write can slip in between its reading and its indexing). Run at each worker's start;
+        returns how many incidents it indexed. Workers of the older version must all be stopped
+        first: they do not keep the index."""
+        marker = self._k("iopen_built")
+        if await self.client.exists(marker):
+            return 0
         done = 0
         for info in await self.incidents():
             incident_id = info["incident_id"]
-            if await self.client.exists(self._k("iopen", incident_id)):
-                continue
-            raw: Any = await self.client.hgetall(self._k("isugg", incident_id))
-            live: Any = {k: v for k, v in raw.items() if _loads(v).get("state") not in ENDED_STATES}
-            if live:
-                await self.client.hset(self._k("iopen", incident_id), mapping=live)
+            keys = [self._k("iopen", incident_id), self._k("isugg", incident_id)]
+            if int(await self._index_open(keys=keys, args=sorted(ENDED_STATES))):
                 done += 1
+        await self.client.set(marker, "1")
         return done
 
     async def get_suggestion(self, suggestion_id: str) -> Json | None:

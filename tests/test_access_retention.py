@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -158,3 +159,35 @@ def test_changing_a_policy_is_audited_and_bounded(log: SqliteAuditLog) -> None:
 def test_purge_needs_an_aware_now(log: SqliteAuditLog) -> None:
     with pytest.raises(RetentionError, match="timezone"):
         Retention(log).purge(datetime(2026, 1, 1))  # noqa: DTZ001
+
+
+async def test_stopping_the_retention_job_waits_for_the_purge_running_in_its_thread() -> None:
+    """The server closes the audit log once its background tasks have ended: a purge still
+    committing in its thread meanwhile could crash the process, so a cancelled retention job
+    ends only after the running purge."""
+    import asyncio
+    import threading
+    import types
+
+    from server import _purge_periodically
+
+    started, release = threading.Event(), threading.Event()
+    finished: list[bool] = []
+
+    class SlowRetention:
+        def purge(self, now: datetime) -> Any:
+            started.set()
+            release.wait(10)
+            finished.append(True)
+            return types.SimpleNamespace(tombstoned=lambda: 0)
+
+    clock = types.SimpleNamespace(now=lambda: datetime(2026, 11, 26, tzinfo=UTC))
+    task = asyncio.create_task(_purge_periodically(SlowRetention(), clock, 0.01))  # type: ignore[arg-type]
+    assert await asyncio.to_thread(started.wait, 10)
+    task.cancel()
+    await asyncio.sleep(0.1)
+    assert not task.done(), "the job ended while its purge was still running"
+    release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert finished == [True]

@@ -258,11 +258,11 @@ async function loadIncidentState(incidentId) {
       state.predictions.set(incidentId, { at: track?.at ?? null, geojson: view.prediction });
     }
     if (view.plan && !state.plans.has(incidentId)) state.plans.set(incidentId, view.plan);
-    // the routes of the incident's suggestions (plans of unwatched incidents come without them)
+    // the routes of the suggestions we hold without them (plans of unwatched incidents): only
+    // those, never adding one (this view may be older than a plan that ended it meanwhile)
     for (const s of view.plan?.suggestions || []) {
       const known = state.suggestions.get(s.suggestion_id);
-      if (!known) state.suggestions.set(s.suggestion_id, s);
-      else if (!known.route_lonlat?.length) Object.assign(known, { route_lonlat: s.route_lonlat, turns: s.turns });
+      if (known && !known.route_lonlat?.length) Object.assign(known, { route_lonlat: s.route_lonlat, turns: s.turns });
     }
     scheduleRender();
   } catch (error) {
