@@ -1422,6 +1422,10 @@ class DispatchService:
         if s is not None and decision in ("accept", "decline", "in_position"):
             async with self.state.lock(s["incident_id"]):
                 s = await self._suggestion_for(s["suggestion_id"], actor)
+                if decision != "decline" and s["state"] not in DELIVERED:  # ended while we waited
+                    raise ServiceError(
+                        409, m.ErrorCode.unknown_suggestion, f"suggestion {suggestion_id!r} is {s['state']}"
+                    )
                 declined_now = decision == "decline" and s["state"] != "declined"
                 s["state"] = {"accept": "accepted", "decline": "declined", "in_position": "in_position"}[
                     decision

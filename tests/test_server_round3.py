@@ -297,3 +297,35 @@ async def test_time_alone_never_overrides_an_operators_modification() -> None:
         assert any(s["suggestion_id"].endswith("~m1") for s in tablet.current.values())
         await close_all(console, *tablets)
         await op.aclose()
+
+
+async def test_an_accept_waiting_for_the_lock_is_refused_if_the_suggestion_ended_meanwhile() -> None:
+    """A crew's accept checks the suggestion, then waits for the incident's lock (a sighting's
+    plan holds it); a suggestion superseded meanwhile must not come back as accepted."""
+    from serving.service import Actor, ServiceError
+
+    async with running_server() as srv:
+        service = srv.app.state.service
+        expires = (datetime.now(UTC) + timedelta(minutes=2)).isoformat()
+        suggestion = {
+            "suggestion_id": "INC-R:3:PS-1",
+            "incident_id": "INC-R",
+            "crew_id": "PS-1",
+            "route_lonlat": (),
+            "turns": (),
+            "state": "sent",
+            "expires_at": expires,
+            "_communes": [],
+        }
+        await service.state.put_suggestion(dict(suggestion))
+        crew = Actor("PS-1", "crew", None, crew_id="PS-1")
+        async with service.state.lock("INC-R"):
+            accept = asyncio.create_task(service.crew_decision(crew, "accept", "INC-R:3:PS-1"))
+            await asyncio.sleep(0.05)  # past its first check, waiting for the lock
+            assert not accept.done()
+            await service.state.put_suggestion(dict(suggestion, state="superseded"))
+        with pytest.raises(ServiceError) as refused:
+            await accept
+        assert refused.value.status == 409
+        kept = await service.state.get_suggestion("INC-R:3:PS-1")
+        assert kept is not None and kept["state"] == "superseded"
