@@ -709,6 +709,18 @@ def _first_visits(
 
 
 @jit
+def _node_starts(nodes: IntArray, found: IntArray, count: int, n: int) -> IntArray:
+    """Where each node's arrivals begin once ordered by node (``found[:count]``, flat indices
+    into ``nodes``; ``n + 1`` entries, the last the count): a counting sort's prefix sums."""
+    start = np.zeros(n + 1, dtype=np.int64)
+    for i in range(count):
+        start[nodes.flat[found[i]] + 1] += 1
+    for v in range(n):
+        start[v + 1] += start[v]
+    return start
+
+
+@jit
 def _by_route(
     nodes: IntArray, times_s: FloatArray, by_node: IntArray, route_end: IntArray
 ) -> tuple[IntArray, IntArray, FloatArray]:
@@ -741,11 +753,7 @@ def _first_arrivals_kernel(
     n = max(n_nodes, 1)
     found, count, route_end = _first_visits(nodes, times_s, horizon_s, n)
     # By node (stable: by route within a node) ...
-    node_start = np.zeros(n + 1, dtype=np.int64)
-    for i in range(count):
-        node_start[nodes.flat[found[i]] + 1] += 1
-    for v in range(n):
-        node_start[v + 1] += node_start[v]
+    node_start = _node_starts(nodes, found, count, n)
     by_node = np.empty(count, dtype=np.int64)
     for i in range(count):
         v = nodes.flat[found[i]]
@@ -913,11 +921,7 @@ def _arrival_statistics_kernel(
     S = nodes.shape[1]
     found, count, route_end = _first_visits(nodes, times_s, horizon_s, n_nodes)
     # By node (stable: by route within a node) ...
-    start = np.zeros(n_nodes + 1, dtype=np.int64)
-    for i in range(count):
-        start[nodes.flat[found[i]] + 1] += 1
-    for v in range(n_nodes):
-        start[v + 1] += start[v]
+    start = _node_starts(nodes, found, count, n_nodes)
     fill = start[:-1].copy()
     by_node = np.empty(count, dtype=np.int64)
     pass_w = np.zeros(n_nodes, dtype=np.float64)
